@@ -1,0 +1,51 @@
+"""Counted MMU operations turned into modeled nanoseconds.
+
+Python time is not kernel time: the model counts what KVM would do, and a
+CostTable (configs/costs/*.toml, each constant with its source) prices it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from vmmodel.spec import SpecError
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Nanoseconds per counted operation."""
+
+    name: str = "kvm-x86"
+    get_dirty_log_ns: float = 2_000.0  # the ioctl itself: entry, memslot swap
+    bitmap_word_ns: float = 1.0  # copy and clear one 64-bit word of the dirty bitmap
+    shadow_page_visit_ns: float = 20.0  # walk: next entry of active_mmu_pages, slot test
+    spte_visit_ns: float = 1.0  # walk: test (and clear) one spte
+    rmap_lookup_ns: float = 10.0  # gfn_to_rmap: find the rmap head of a gfn
+    rmap_step_ns: float = 5.0  # follow one rmap entry and clear its W bit
+    lock_acquire_ns: float = 20.0  # spin_lock + spin_unlock of mmu_lock, uncontended
+    tlb_flush_ns: float = 2_000.0  # kvm_flush_remote_tlbs: the requesting side
+    tlb_flush_per_vcpu_ns: float = 500.0  # IPI and INVEPT per running vCPU
+    write_fault_ns: float = 1_500.0  # write-protect fault: VM exit, fast_page_fault, entry
+    page_fault_ns: float = 3_000.0  # fault that instantiates an spte
+    zap_page_ns: float = 1_000.0  # zap one shadow page (512 sptes, rmap removal)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name != "name" and not getattr(self, f.name) >= 0:
+                raise SpecError(f"costs.{f.name}: must be a non-negative number of ns")
+
+    def tlb_flush_cost_ns(self, vcpus: int) -> float:
+        return self.tlb_flush_ns + self.tlb_flush_per_vcpu_ns * vcpus
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CostTable:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise SpecError(f"costs: unknown constant(s) {sorted(unknown)}")
+        return cls(**data)

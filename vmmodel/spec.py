@@ -1,0 +1,170 @@
+"""What a model is built from: plain, frozen parameter objects.
+
+vmmodel takes numbers, not strings: migrate/config.py parses the TOML (sizes,
+rates, times with units) and builds these. Each has `to_dict`/`from_dict` so a
+report can carry the fully resolved model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+
+WORKLOAD_KINDS = ("idle", "uniform", "hotspot", "zipf", "sequential", "vga", "phases", "mix")
+MMU_SHAPES = ("tdp", "shadow")
+
+
+class SpecError(ValueError):
+    """A parameter that the model cannot run with; the message names it."""
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise SpecError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """How the guest writes memory. Rates are writes per second, all vCPUs together."""
+
+    kind: str = "hotspot"
+    rate: float = 25_000.0
+    # Pages the workload writes, from the start of its slot; 0 means the whole slot.
+    working_set_pages: int = 0
+    # Touch (write) the working set before dirty logging starts, as a running program has.
+    prefill: bool = True
+    # hotspot: `hot_writes` of the writes go to `hot_memory` of the working set.
+    hot_writes: float = 0.9
+    hot_memory: float = 0.05
+    # zipf: P(rank k) ~ 1 / k**exponent over the working set.
+    exponent: float = 1.0
+    # vga: a framebuffer repainted `region` of the slot per frame, `fps` frames per second.
+    fps: float = 30.0
+    region: float = 0.25
+    # phases: the children run one after another for their `duration_ns`, then repeat.
+    duration_ns: int = 0
+    phases: tuple[WorkloadSpec, ...] = ()
+    # mix: the parts run at the same time (say, a RAM workload beside a display).
+    parts: tuple[WorkloadSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in WORKLOAD_KINDS:
+            raise SpecError(f"workload.kind: {self.kind!r} is not one of {', '.join(WORKLOAD_KINDS)}")
+        if self.rate < 0:
+            raise SpecError(f"workload.rate: {self.rate} is negative")
+        if self.working_set_pages < 0:
+            raise SpecError("workload.working-set: negative")
+        for name in ("hot_writes", "hot_memory", "region"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise SpecError(f"workload.{name.replace('_', '-')}: {value} is not in (0, 1]")
+        if self.fps <= 0:
+            raise SpecError(f"workload.fps: {self.fps} must be positive")
+        if self.kind == "phases":
+            if not self.phases:
+                raise SpecError("workload.phases: a 'phases' workload needs at least one phase")
+            for phase in self.phases:
+                if phase.duration_ns <= 0:
+                    raise SpecError("workload.phases: every phase needs a positive duration")
+                if phase.kind in ("phases", "mix"):
+                    raise SpecError("workload.phases: phases do not nest")
+        if self.kind == "mix":
+            if not self.parts:
+                raise SpecError("workload.parts: a 'mix' workload needs at least one part")
+            if any(part.kind == "mix" for part in self.parts):
+                raise SpecError("workload.parts: mixes do not nest")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["phases"] = [p.to_dict() for p in self.phases]
+        data["parts"] = [p.to_dict() for p in self.parts]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkloadSpec:
+        data = dict(data)
+        data["phases"] = tuple(cls.from_dict(p) for p in data.get("phases", ()))
+        data["parts"] = tuple(cls.from_dict(p) for p in data.get("parts", ()))
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """The guest: RAM, an optional VGA framebuffer slot, vCPUs and their workload."""
+
+    memory_pages: int = 262_144  # 1 GiB
+    vcpus: int = 4
+    vga_pages: int = 0  # 0: no framebuffer slot; QEMU's std VGA has 16 MiB
+    slice_ns: int = 1_000_000  # the guest advances in slices this long
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+
+    def __post_init__(self) -> None:
+        if self.memory_pages < 512:
+            raise SpecError(f"guest.memory: {self.memory_pages} pages is less than 2 MiB")
+        if not 1 <= self.vcpus <= 256:
+            raise SpecError(f"guest.vcpus: {self.vcpus} is not in 1..256")
+        if self.vga_pages < 0:
+            raise SpecError("guest.vga-memory: negative")
+        if self.slice_ns <= 0:
+            raise SpecError("guest.slice: must be positive")
+        kinds = {self.workload.kind} | {p.kind for p in self.workload.phases + self.workload.parts}
+        if "vga" in kinds and not self.vga_pages:
+            raise SpecError("guest.workload: a 'vga' workload needs guest.vga = true")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["workload"] = self.workload.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GuestSpec:
+        data = dict(data)
+        if "workload" in data:
+            data["workload"] = WorkloadSpec.from_dict(data["workload"])
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class MmuSpec:
+    """The KVM MMU: its shape, the dirty-log harvest strategy and its limits."""
+
+    shape: str = "tdp"
+    strategy: str = "heuristic"
+    # KVM's n_max_mmu_pages; 0 means KVM's default, 20 per 1000 guest pages
+    # (KVM_PERMILLE_MMU_PAGES in arch/x86/kvm/mmu/mmu.c).
+    max_mmu_pages: int = 0
+    # Writable translations a vCPU's TLB keeps (Skylake's STLB: 1536 entries).
+    tlb_entries: int = 1536
+    # shadow shape: guest processes, each with its own page tables mapping
+    # `mapped_pages` of RAM; `shared` of those are shared by all processes.
+    address_spaces: int = 8
+    mapped_pages: int = 16_384
+    shared: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.shape not in MMU_SHAPES:
+            raise SpecError(f"mmu.shape: {self.shape!r} is not one of {', '.join(MMU_SHAPES)}")
+        if self.max_mmu_pages < 0:
+            raise SpecError("mmu.max-mmu-pages: negative")
+        if self.tlb_entries < 1:
+            raise SpecError("mmu.tlb-entries: must be at least 1")
+        if not 1 <= self.address_spaces <= 64:
+            raise SpecError(f"mmu.address-spaces: {self.address_spaces} is not in 1..64")
+        if self.mapped_pages < 0:
+            raise SpecError("mmu.mapped-pages: negative")
+        if not 0.0 <= self.shared <= 1.0:
+            raise SpecError(f"mmu.shared: {self.shared} is not in [0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MmuSpec:
+        return _from_dict(cls, data)

@@ -1,0 +1,247 @@
+"""A guest running on the KVM MMU model: the object the migration drives.
+
+`advance(dt)` runs the vCPUs for dt of guest time in slices: each slice the
+workload yields the gfns written (numpy), each write goes through the
+vCPU's TLB and its spte, write-protected sptes fault (`mark_page_dirty`),
+faults cost the vCPU time and wait on mmu_lock when a harvest holds it.
+`harvest(slot, strategy)` runs one dirty-log harvest while the guest keeps
+running. Everything is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vmmodel.costs import CostTable
+from vmmodel.harvest import STRATEGIES, HarvestResult, KernelWork
+from vmmodel.layout import shadow_layout, tdp_layout
+from vmmodel.lock import MmuLock
+from vmmodel.memory import KVM_MEM_LOG_DIRTY_PAGES, GuestMemory, MemSlot
+from vmmodel.mmu import Mmu, unique_ids
+from vmmodel.spec import GuestSpec, MmuSpec, SpecError
+from vmmodel.tlb import Tlbs
+from vmmodel.workloads import make_workload
+
+# KVM's default shadow page budget: 20 per 1000 guest pages, at least 64
+# (KVM_PERMILLE_MMU_PAGES, KVM_MIN_ALLOC_MMU_PAGES in arch/x86/kvm/mmu/mmu.c).
+KVM_PERMILLE_MMU_PAGES = 20
+KVM_MIN_ALLOC_MMU_PAGES = 64
+TEXT_POOL_PAGES = 64
+
+
+@dataclass
+class GuestStats:
+    """What the guest paid for dirty tracking since the last reset."""
+
+    writes: int = 0
+    write_faults: int = 0  # writes to write-protected sptes
+    page_faults: int = 0  # writes that had to instantiate an spte
+    fault_ns: float = 0.0  # vCPU time spent in those faults
+    vcpu_stall_ns: float = 0.0  # vCPU time spent waiting for mmu_lock
+    zapped_pages: int = 0  # shadow pages zapped to stay under max_mmu_pages
+    zap_flushes: int = 0
+
+    @property
+    def faults(self) -> int:
+        return self.write_faults + self.page_faults
+
+
+def _text_pool(rng: np.random.Generator) -> np.ndarray:
+    """Template page contents that look like a program's data: words, spaces, some zeros."""
+    alphabet = np.frombuffer(b"etaoinshrdlucmfwypvbgkqjxz      \n\x00\x00\x00", dtype=np.uint8)
+    return alphabet[rng.integers(0, len(alphabet), (TEXT_POOL_PAGES, 4096))]
+
+
+class Vm:
+    """The guest, its memslots, its MMU and vCPUs."""
+
+    def __init__(self, guest: GuestSpec, mmu: MmuSpec, costs: CostTable, seed: int) -> None:
+        self.guest, self.mmu_spec, self.costs, self.seed = guest, mmu, costs, seed
+        if mmu.strategy not in STRATEGIES:
+            raise SpecError(f"mmu.strategy: {mmu.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        self.rng = np.random.default_rng(seed)
+        ram = MemSlot(0, "ram", 0, guest.memory_pages)
+        self.slots = [ram]
+        vga = None
+        if guest.vga_pages:
+            vga = MemSlot(1, "vga", ram.end_gfn, guest.vga_pages)
+            self.slots.append(vga)
+        total = self.slots[-1].end_gfn
+        self.memory = GuestMemory(total)
+        gfn_slot = np.zeros(total, dtype=np.uint8)
+        for slot in self.slots:
+            gfn_slot[slot.base_gfn : slot.end_gfn] = slot.id
+        if mmu.shape == "tdp":
+            layout = tdp_layout(total)
+        else:
+            layout = shadow_layout(total, guest.memory_pages, mmu, self.rng)
+        budget = mmu.max_mmu_pages or max(
+            KVM_MIN_ALLOC_MMU_PAGES, total * KVM_PERMILLE_MMU_PAGES // 1000
+        )
+        self.mmu = Mmu(layout, gfn_slot, budget)
+        self.tlbs = Tlbs(guest.vcpus, layout.n_sptes, mmu.tlb_entries)
+        self.lock = MmuLock()
+        self.workload = make_workload(guest.workload, ram, vga, self.rng)
+        self.now_ns = 0.0
+        self.paused = False
+        self.throttle = 0.0  # share of each vCPU's time taken away (auto-converge)
+        self.stats = GuestStats()
+        self._debt_ns = np.zeros(guest.vcpus)  # vCPU time owed to faults and stalls
+        self._slice_no = 0
+        self._gfn_scratch = np.zeros(total, dtype=np.int64)
+        self._spte_scratch = np.zeros(layout.n_sptes, dtype=np.int64)
+
+    # ------------------------------------------------------------ layout
+
+    @property
+    def npages(self) -> int:
+        """Guest frames in all slots together: valid gfns are 0..npages-1."""
+        return self.memory.npages
+
+    @property
+    def pages(self) -> np.ndarray:
+        return self.memory.pages
+
+    def slot(self, slot_id: int) -> MemSlot:
+        return self.slots[slot_id]
+
+    def _process(self, vcpu: int) -> int:
+        """The guest process a vCPU runs this slice; processes rotate as the scheduler would."""
+        return (vcpu + self._slice_no) % self.mmu.layout.roots
+
+    def _spte_ids(self, vcpu: int, gfns: np.ndarray) -> np.ndarray:
+        """The spte each write goes through: the process's own mapping, else the direct map."""
+        as_map = self.mmu.layout.address_space_map
+        if as_map is None:
+            return gfns
+        ids = as_map[self._process(vcpu), gfns]
+        return np.where(ids >= 0, ids, gfns)
+
+    # ------------------------------------------------------------ guest writes
+
+    def write(self, vcpu: int, gfns: np.ndarray) -> tuple[int, int]:
+        """vCPU `vcpu` writes each of `gfns`; return (write-protect faults, page faults).
+
+        Raise `ValueError` if a gfn is outside guest memory.
+        """
+        gfns = np.asarray(gfns, dtype=np.int64)
+        if len(gfns) == 0:
+            return 0, 0
+        if gfns.min() < 0 or gfns.max() >= self.npages:
+            raise ValueError(f"gfn outside guest memory (0..{self.npages - 1})")
+        ids = self._spte_ids(vcpu, gfns)
+        missed = unique_ids(ids[~self.tlbs.lookup(vcpu, ids)], self._spte_scratch)
+        present = self.mmu.spte_present[missed]
+        protected = missed[present & ~self.mmu.spte_writable[missed]]
+        absent = missed[~present]
+        if len(absent):
+            created, zapped = self.mmu.fault_in(absent)
+            if zapped:  # kvm_mmu_commit_zap_page flushes remote TLBs
+                self.tlbs.flush_all()
+                self.stats.zapped_pages += zapped
+                self.stats.zap_flushes += 1
+        self.mmu.make_writable(protected)
+        faulted = self.mmu.spte_gfn[np.concatenate([protected, absent])]
+        for slot in self.slots:
+            slot.mark_page_dirty(faulted[slot.contains(faulted)])
+        self.tlbs.fill(vcpu, missed)
+        self.memory.stamp(unique_ids(gfns, self._gfn_scratch))
+        self.stats.writes += len(gfns)
+        self.stats.write_faults += len(protected)
+        self.stats.page_faults += len(absent)
+        return len(protected), len(absent)
+
+    def advance(self, dt_ns: float) -> None:
+        """Run the guest for `dt_ns` of guest time (nothing is written while paused)."""
+        end = self.now_ns + dt_ns
+        while self.now_ns < end:
+            step = min(self.guest.slice_ns, end - self.now_ns)
+            if not self.paused:
+                self._run_slice(self.now_ns, step)
+            self.now_ns += step
+        self.lock.expire(self.now_ns)
+
+    def advance_to(self, t_ns: float) -> None:
+        if t_ns > self.now_ns:
+            self.advance(t_ns - self.now_ns)
+
+    def _run_slice(self, t_ns: float, dt_ns: float) -> None:
+        running = dt_ns * (1.0 - self.throttle)
+        owed = np.minimum(self._debt_ns, running)
+        self._debt_ns -= owed
+        active = (running - owed) / dt_ns
+        if not active.any():
+            return
+        gfns = self.workload.generate(self.rng, t_ns, dt_ns, float(active.mean()))
+        # Each vCPU gets a share of the writes in proportion to the time it ran.
+        bounds = np.rint(np.cumsum(active) / active.sum() * len(gfns)).astype(np.int64)
+        faults = np.zeros(self.guest.vcpus, dtype=np.int64)
+        start = 0
+        for vcpu, stop in enumerate(bounds):  # a few vCPUs, not per write
+            wp, pf = self.write(vcpu, gfns[start:stop])
+            faults[vcpu] = wp + pf
+            fault_ns = wp * self.costs.write_fault_ns + pf * self.costs.page_fault_ns
+            self._debt_ns[vcpu] += fault_ns
+            self.stats.fault_ns += fault_ns
+            start = stop
+        if self.lock.windows:
+            stall = self.lock.stall_ns(t_ns, t_ns + dt_ns, faults)
+            self._debt_ns += stall
+            self.stats.vcpu_stall_ns += float(stall.sum())
+        self._slice_no += 1
+
+    # ------------------------------------------------------------ lifecycle
+
+    def prefill(self) -> None:
+        """Write the workload's working set once, as a running program has touched its memory.
+
+        Pages get text-like content; every process maps them in (shadow shape).
+        Costs are not counted: this is before the migration.
+        """
+        gfns = self.workload.prefill_gfns()
+        if len(gfns) == 0:
+            return
+        self.memory.fill(gfns, _text_pool(self.rng))
+        for process in range(self.mmu.layout.roots):
+            self._slice_no = process
+            self.write(0, gfns)
+        self._slice_no = 0
+        self.tlbs.flush_all()
+        self.stats = GuestStats()
+
+    def enable_dirty_logging(self) -> None:
+        """Set KVM_MEM_LOG_DIRTY_PAGES on every slot: write-protect all, start clean bitmaps."""
+        for slot in self.slots:
+            slot.flags |= KVM_MEM_LOG_DIRTY_PAGES
+            slot.dirty_bitmap[:] = False
+            self.mmu.slot_remove_write_access(slot.id)
+        self.tlbs.flush_all()
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    # ------------------------------------------------------------ harvest
+
+    def harvest(self, slot_id: int, strategy: str | None = None) -> HarvestResult:
+        """Harvest one slot's dirty log with `strategy` (default: the configured one).
+
+        The guest runs for the harvest's modeled time, so `now_ns` moves by
+        `kernel_ns`. Raise `KeyError` for an unknown strategy.
+        """
+        name = strategy or self.mmu_spec.strategy
+        work = KernelWork(self, self.slots[slot_id], name)
+        gfns = STRATEGIES[name](work)
+        return work.result(gfns)
+
+    def sync_dirty_log(self, strategy: str | None = None) -> HarvestResult:
+        """Harvest every slot that logs dirty pages, as QEMU's migration bitmap sync does."""
+        results = [self.harvest(s.id, strategy) for s in self.slots if s.is_dirty_logging]
+        return HarvestResult.merge(results)
+
+    def dirty_pages_pending(self) -> int:
+        return sum(s.nr_dirty_pages for s in self.slots)

@@ -1,0 +1,180 @@
+"""Vectorised write generators: which gfns the guest writes in a slice of time.
+
+Each workload turns (time, slice length, how active the vCPUs were) into an
+array of gfns, one per write, with numpy; nothing loops per write. `activity`
+is the vCPUs' mean share of the slice spent running guest code (1.0 unless
+throttled, faulting or stalled on mmu_lock), so a throttle slows every kind.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from vmmodel.memory import MemSlot
+from vmmodel.spec import WorkloadSpec
+
+NS_PER_S = 1_000_000_000
+
+
+class Workload(ABC):
+    """Base: a working set in one slot, and for most kinds a rate in writes per second."""
+
+    def __init__(self, spec: WorkloadSpec, slot: MemSlot) -> None:
+        self.spec = spec
+        self.base = slot.base_gfn
+        self.pages = min(spec.working_set_pages or slot.npages, slot.npages)
+        self._carry = 0.0
+
+    def _count(self, dt_ns: float, activity: float) -> int:
+        """Writes due in this slice; the fraction carries over, so no rate is rounded away."""
+        due = self.spec.rate * dt_ns / NS_PER_S * activity + self._carry
+        n = int(due)
+        self._carry = due - n
+        return n
+
+    def prefill_gfns(self) -> np.ndarray:
+        return np.arange(self.base, self.base + self.pages, dtype=np.int64)
+
+    @abstractmethod
+    def generate(self, rng: np.random.Generator, t_ns: float, dt_ns: float,
+                 activity: float) -> np.ndarray:
+        """The gfns written in [t_ns, t_ns + dt_ns), one entry per write."""
+
+
+class RateWorkload(Workload):
+    """`rate` writes per second, placed by `_pick`."""
+
+    def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
+        return self._pick(rng, t_ns, self._count(dt_ns, activity))
+
+    @abstractmethod
+    def _pick(self, rng: np.random.Generator, t_ns: float, n: int) -> np.ndarray:
+        """`n` gfns to write."""
+
+
+class Idle(Workload):
+    def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
+        return np.empty(0, dtype=np.int64)
+
+    def prefill_gfns(self) -> np.ndarray:
+        return np.empty(0, dtype=np.int64)
+
+
+class Uniform(RateWorkload):
+    def _pick(self, rng, t_ns, n) -> np.ndarray:
+        return rng.integers(self.base, self.base + self.pages, n, dtype=np.int64)
+
+
+class Hotspot(RateWorkload):
+    """`hot_writes` of the writes land in the first `hot_memory` of the working set."""
+
+    def __init__(self, spec: WorkloadSpec, slot: MemSlot) -> None:
+        super().__init__(spec, slot)
+        self.hot_pages = max(1, int(round(spec.hot_memory * self.pages)))
+
+    def _pick(self, rng, t_ns, n) -> np.ndarray:
+        n_hot = int(rng.binomial(n, self.spec.hot_writes)) if n else 0
+        out = rng.integers(self.base, self.base + self.pages, n, dtype=np.int64)
+        out[:n_hot] = rng.integers(self.base, self.base + self.hot_pages, n_hot, dtype=np.int64)
+        return out
+
+
+class Zipf(RateWorkload):
+    """P(rank k) ~ 1/k^s; ranks are scattered over the working set by a fixed permutation."""
+
+    def __init__(self, spec: WorkloadSpec, slot: MemSlot, rng: np.random.Generator) -> None:
+        super().__init__(spec, slot)
+        weights = 1.0 / np.arange(1, self.pages + 1, dtype=np.float64) ** spec.exponent
+        self.cdf = np.cumsum(weights)
+        self.cdf /= self.cdf[-1]
+        self.rank_to_gfn = self.base + rng.permutation(self.pages).astype(np.int64)
+
+    def _pick(self, rng, t_ns, n) -> np.ndarray:
+        ranks = np.searchsorted(self.cdf, rng.random(n))
+        return self.rank_to_gfn[np.minimum(ranks, self.pages - 1)]
+
+
+class Sequential(RateWorkload):
+    """A memset-like sweep over the working set at `rate` pages per second."""
+
+    def __init__(self, spec: WorkloadSpec, slot: MemSlot) -> None:
+        super().__init__(spec, slot)
+        self.position = 0
+
+    def _pick(self, rng, t_ns, n) -> np.ndarray:
+        out = self.base + (self.position + np.arange(n, dtype=np.int64)) % self.pages
+        self.position = (self.position + n) % self.pages
+        return out
+
+
+class Vga(Workload):
+    """A display: every 1/fps s one region (a `region` share of the framebuffer) is repainted.
+
+    Frames repaint the regions in turn. `rate` is not used: fps and region set it.
+    """
+
+    def __init__(self, spec: WorkloadSpec, slot: MemSlot) -> None:
+        super().__init__(spec, slot)
+        self.region_pages = max(1, int(round(spec.region * self.pages)))
+        self.regions = max(1, self.pages // self.region_pages)
+
+    def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
+        first = math.floor(t_ns * self.spec.fps / NS_PER_S)
+        last = math.floor((t_ns + dt_ns) * self.spec.fps / NS_PER_S)
+        painted = int(self.region_pages * min(activity, 1.0))
+        frames = np.arange(first + 1, last + 1)
+        starts = (frames % self.regions) * self.region_pages
+        return (self.base + starts[:, None] + np.arange(painted)).ravel()
+
+
+class Phases(Workload):
+    """The children in turn, each for its duration, repeating."""
+
+    def __init__(self, spec: WorkloadSpec, children: list[Workload]) -> None:
+        self.spec = spec
+        self.children = children
+        self.ends = np.cumsum([c.spec.duration_ns for c in children])
+
+    def current(self, t_ns: float) -> Workload:
+        index = int(np.searchsorted(self.ends, t_ns % self.ends[-1], side="right"))
+        return self.children[min(index, len(self.children) - 1)]
+
+    def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
+        return self.current(t_ns).generate(rng, t_ns, dt_ns, activity)
+
+    def prefill_gfns(self) -> np.ndarray:
+        return np.unique(np.concatenate([c.prefill_gfns() for c in self.children]))
+
+
+class Mix(Workload):
+    """The parts at the same time, e.g. a RAM workload beside a repainting display."""
+
+    def __init__(self, spec: WorkloadSpec, parts: list[Workload]) -> None:
+        self.spec = spec
+        self.parts = parts
+
+    def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
+        return np.concatenate([p.generate(rng, t_ns, dt_ns, activity) for p in self.parts])
+
+    def prefill_gfns(self) -> np.ndarray:
+        return np.unique(np.concatenate([p.prefill_gfns() for p in self.parts]))
+
+
+def make_workload(spec: WorkloadSpec, ram: MemSlot, vga: MemSlot | None,
+                  rng: np.random.Generator) -> Workload:
+    """Build the generator for `spec`; `vga` writes the framebuffer slot, the rest RAM."""
+    if spec.kind == "phases":
+        return Phases(spec, [make_workload(p, ram, vga, rng) for p in spec.phases])
+    if spec.kind == "mix":
+        return Mix(spec, [make_workload(p, ram, vga, rng) for p in spec.parts])
+    if spec.kind == "vga":
+        if vga is None:
+            raise ValueError("the vga workload needs a framebuffer slot (guest.vga = true)")
+        return Vga(spec, vga)
+    simple = {"idle": Idle, "uniform": Uniform, "hotspot": Hotspot, "sequential": Sequential}
+    if spec.kind == "zipf":
+        return Zipf(spec, ram, rng)
+    return simple[spec.kind](spec, ram)
