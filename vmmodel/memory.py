@@ -88,9 +88,10 @@ class GuestMemory:
 
     def stamp(self, gfns: np.ndarray) -> None:
         """Write each page of `gfns` (unique): bump its counter and stamp gfn and counter."""
-        self.write_count[gfns] += 1
-        self.words[gfns, 0] = gfns
-        self.words[gfns, 1] = self.write_count[gfns]
+        count = self.write_count[gfns] + 1
+        self.write_count[gfns] = count
+        # One scatter of both words: each page is a cache (and host TLB) miss, so touch it once.
+        self.words[gfns, :2] = np.stack([gfns.astype(np.uint64), count], axis=1)
 
     def fill(self, gfns: np.ndarray, pool: np.ndarray) -> None:
         """Give pages content from a pool of template pages, as a program filling memory."""

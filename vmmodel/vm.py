@@ -131,6 +131,12 @@ class Vm:
             return 0, 0
         if gfns.min() < 0 or gfns.max() >= self.npages:
             raise ValueError(f"gfn outside guest memory (0..{self.npages - 1})")
+        faults = self._translate_writes(vcpu, gfns)
+        self.memory.stamp(unique_ids(gfns, self._gfn_scratch))
+        return faults
+
+    def _translate_writes(self, vcpu: int, gfns: np.ndarray) -> tuple[int, int]:
+        """The MMU side of writes: TLB, spte, faults and dirty bits (page bytes apart)."""
         ids = self._spte_ids(vcpu, gfns)
         missed = unique_ids(ids[~self.tlbs.lookup(vcpu, ids)], self._spte_scratch)
         present = self.mmu.spte_present[missed]
@@ -147,7 +153,6 @@ class Vm:
         for slot in self.slots:
             slot.mark_page_dirty(faulted[slot.contains(faulted)])
         self.tlbs.fill(vcpu, missed)
-        self.memory.stamp(unique_ids(gfns, self._gfn_scratch))
         self.stats.writes += len(gfns)
         self.stats.write_faults += len(protected)
         self.stats.page_faults += len(absent)
@@ -180,12 +185,13 @@ class Vm:
         faults = np.zeros(self.guest.vcpus, dtype=np.int64)
         start = 0
         for vcpu, stop in enumerate(bounds):  # a few vCPUs, not per write
-            wp, pf = self.write(vcpu, gfns[start:stop])
+            wp, pf = self._translate_writes(vcpu, gfns[start:stop])
             faults[vcpu] = wp + pf
             fault_ns = wp * self.costs.write_fault_ns + pf * self.costs.page_fault_ns
             self._debt_ns[vcpu] += fault_ns
             self.stats.fault_ns += fault_ns
             start = stop
+        self.memory.stamp(unique_ids(gfns, self._gfn_scratch))
         if self.lock.windows:
             stall = self.lock.stall_ns(t_ns, t_ns + dt_ns, faults)
             self._debt_ns += stall
