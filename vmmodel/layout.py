@@ -56,7 +56,9 @@ def tdp_layout(total_gfns: int) -> Layout:
     return Layout(spte_gfn=spte_gfn, address_space_map=None, max_aliases=1, roots=1)
 
 
-def shadow_layout(total_gfns: int, ram_pages: int, spec: MmuSpec, rng: np.random.Generator) -> Layout:
+def shadow_layout(
+    total_gfns: int, ram_pages: int, spec: MmuSpec, rng: np.random.Generator
+) -> Layout:
     """Direct map plus `address_spaces` processes each mapping `mapped_pages` of RAM."""
     mapped = min(spec.mapped_pages, ram_pages)
     n_shared = int(round(spec.shared * mapped))

@@ -43,7 +43,7 @@ class MmuLock:
         )
 
     def stall_ns(self, t0: float, t1: float, faults: np.ndarray) -> np.ndarray:
-        """Wait of each vCPU that faulted `faults[v]` times in [t0, t1), from windows overlapping it.
+        """How long each vCPU, faulting `faults[v]` times in [t0, t1), waits for the lock.
 
         The model places a vCPU's first fault at the start of the overlap.
         """

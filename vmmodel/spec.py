@@ -56,7 +56,8 @@ class WorkloadSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in WORKLOAD_KINDS:
-            raise SpecError(f"workload.kind: {self.kind!r} is not one of {', '.join(WORKLOAD_KINDS)}")
+            kinds = ", ".join(WORKLOAD_KINDS)
+            raise SpecError(f"workload.kind: {self.kind!r} is not one of {kinds}")
         if self.rate < 0:
             raise SpecError(f"workload.rate: {self.rate} is negative")
         if self.working_set_pages < 0:

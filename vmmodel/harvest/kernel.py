@@ -103,7 +103,8 @@ class KernelWork:
     def get_dirty_log(self) -> np.ndarray:
         """KVM_GET_DIRTY_LOG's copy: take and clear the slot's bitmap."""
         gfns = self.slot.take_dirty_bitmap()
-        self._elapse(self.costs.get_dirty_log_ns + self.slot.bitmap_words * self.costs.bitmap_word_ns)
+        c = self.costs
+        self._elapse(c.get_dirty_log_ns + self.slot.bitmap_words * c.bitmap_word_ns)
         return gfns
 
     def peek_dirty_log(self) -> np.ndarray:
