@@ -1,0 +1,90 @@
+"""What a migration reports: QEMU's `query-migrate` fields, one record per pass, the verdict.
+
+Times are milliseconds unless the key names another unit, as QEMU's are;
+`bandwidth` is bytes per second.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migrate.record import Record, keyed
+
+STATUSES = ("completed", "failed", "cancelled")
+
+
+@dataclass
+class RoundRecord(Record):
+    """One precopy pass, or the stop-and-copy, and the sync that ended it."""
+
+    round: int
+    phase: str  # "precopy" | "stop-and-copy"
+    start_ms: float = keyed("start")
+    duration_ms: float = keyed("duration")
+    dirty_pages: int = 0  # pages this pass had to send
+    pages_sent: int = 0
+    bytes: int = 0
+    bandwidth: float = 0.0  # bytes/s over this pass
+    expected_downtime_ms: float = keyed("expected-downtime", default=0.0)
+    faults: int = 0  # guest write faults during the pass
+    vcpu_stall_ns: float = 0.0  # guest time lost waiting for mmu_lock
+    fault_ns: float = 0.0  # guest time lost in write faults
+    harvest: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RamStats(Record):
+    transferred: int = 0
+    remaining: int = 0
+    total: int = 0
+    duplicate: int = 0
+    normal: int = 0
+    normal_bytes: int = 0
+    compressed_bytes: int = 0  # payload bytes after lz4, for the batches it shrank
+    dirty_pages_rate: float = 0.0  # distinct pages dirtied per second, last pass
+    dirty_sync_count: int = 0
+    mbps: float = 0.0  # the last pass's bandwidth, in Mbit/s
+    pages_per_second: float = 0.0
+    precopy_bytes: int = 0
+    downtime_bytes: int = 0
+
+
+@dataclass
+class Report(Record):
+    status: str = "failed"
+    total_time_ms: float = keyed("total-time", default=0.0)
+    setup_time_ms: float = keyed("setup-time", default=0.0)
+    downtime_ms: float = keyed("downtime", default=0.0)
+    expected_downtime_ms: float = keyed("expected-downtime", default=0.0)
+    ram: RamStats = field(default_factory=RamStats)
+    verified: bool = False
+    lost_pages: list[int] = field(default_factory=list)
+    error: str | None = None
+    seed: int = 0
+    clock: str = "virtual"
+    wall_time_s: float = 0.0
+    verify_wall_ms: float = 0.0  # the emulator's own check, left out of wall-clock downtime
+    guest: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed" and self.verified
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def write_json(self, path: str | Path) -> None:
+        """Write atomically, so an interrupted run never leaves half a report."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json() + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> Report:
+        return cls.from_dict(json.loads(Path(path).read_text()))
