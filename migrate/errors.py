@@ -140,3 +140,10 @@ class Unauthorized(ProtocolError):
 def to_json(err: ProtocolError) -> dict:
     """Return the JSON body a refusal is reported with: ``{"error": code, "detail": msg}``."""
     return {"error": err.code, "detail": str(err)}
+
+
+class UnknownMigration(ProtocolError):
+    """Raised when a request names a migration the destination is not receiving."""
+
+    status = 404
+    code = "unknown-migration"

@@ -217,13 +217,22 @@ class Vm:
         self.tlbs.flush_all()
         self.stats = GuestStats()
 
-    def enable_dirty_logging(self) -> None:
-        """Set KVM_MEM_LOG_DIRTY_PAGES on every slot: write-protect all, start clean bitmaps."""
+    def enable_dirty_logging(self) -> HarvestResult:
+        """Set KVM_MEM_LOG_DIRTY_PAGES on every slot: clean bitmaps, every spte write-protected.
+
+        KVM does this in kvm_arch_commit_memory_region with the slot walk and
+        a flush; the result prices it (the guest runs meanwhile).
+        """
+        results = []
         for slot in self.slots:
             slot.flags |= KVM_MEM_LOG_DIRTY_PAGES
             slot.dirty_bitmap[:] = False
-            self.mmu.slot_remove_write_access(slot.id)
-        self.tlbs.flush_all()
+            work = KernelWork(self, slot, "enable-dirty-logging")
+            work.branch = "walk"
+            if work.slot_remove_write_access():
+                work.flush_remote_tlbs()
+            results.append(work.result(np.empty(0, dtype=np.int64)))
+        return HarvestResult.merge(results)
 
     def pause(self) -> None:
         self.paused = True

@@ -1,0 +1,259 @@
+"""`precopy`: the command line. Each subcommand returns an exit code.
+
+0: completed and verified (or the command did its job); 1: the migration
+failed, was cancelled or did not verify; 2: bad usage or bad config, with a
+one-line message (a traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from migrate import units
+from migrate.config import ConfigError, Scenario, load_scenario
+from migrate.dest import make_app
+from migrate.engine import migrate
+from migrate.malloc import raise_malloc_thresholds
+from migrate.report import Report
+from migrate.summary import progress_line, summary_table
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_LISTEN = "127.0.0.1:7450"
+DEST_START_TIMEOUT_S = 30.0
+
+
+class UsageError(Exception):
+    """Bad command-line input: one line to stderr, exit 2."""
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"--listen: {text!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get("PRECOPY_TOKEN") or None
+
+
+def _load(args: argparse.Namespace) -> Scenario:
+    try:
+        return load_scenario(args.config, args.set or ())
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+
+
+def _finish(report: Report, args: argparse.Namespace) -> int:
+    if args.json:
+        report.write_json(args.json)
+    if not args.quiet:
+        print(summary_table(report), flush=True)
+    if args.json:
+        print(f"report written to {args.json}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+async def _run_source(scenario: Scenario, url: str, args: argparse.Namespace) -> Report:
+    """Migrate, cancelling cleanly on SIGINT/SIGTERM (the report is still written)."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    progress = None if args.quiet else (lambda r: print(progress_line(r), flush=True))
+    try:
+        return await migrate(scenario, url, token=_token(args), timeout_s=args.timeout,
+                             progress=progress)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if task.cancelling():
+            task.uncancel()
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def cmd_source(args: argparse.Namespace) -> int:
+    scenario = _load(args)
+    return _finish(asyncio.run(_run_source(scenario, args.dest, args)), args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    scenario = _load(args)
+    dest = _start_destination(scenario)
+    try:
+        report = asyncio.run(_run_source(scenario, dest.url, args))
+    finally:
+        dest.stop()
+    return _finish(report, args)
+
+
+class _DestinationProcess:
+    """A `precopy dest --once` child on a free loopback port."""
+
+    def __init__(self, memory_bytes: int) -> None:
+        cmd = [sys.executable, "-m", "migrate", "dest", "--listen", "127.0.0.1:0", "--once",
+               "--max-memory", str(memory_bytes)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if "http://" not in line:
+            self.stop()
+            raise RuntimeError(f"the destination did not start (it printed {line!r})")
+        self.url = line[line.index("http://"):].split()[0]
+
+    def stop(self) -> None:
+        try:
+            self.proc.wait(timeout=DEST_START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait(timeout=5)
+
+
+def _start_destination(scenario: Scenario) -> _DestinationProcess:
+    total = scenario.guest.memory_pages + scenario.guest.vga_pages
+    return _DestinationProcess(total * 4096)
+
+
+def cmd_dest(args: argparse.Namespace) -> int:
+    host, port = _parse_listen(args.listen)
+    token = _token(args)
+    if not _is_loopback(host) and not token:
+        raise UsageError(f"--listen {host}: a token (--token or PRECOPY_TOKEN) is required "
+                         "to listen beyond loopback")
+    try:
+        max_memory = units.parse_size(args.max_memory)
+    except ValueError as err:
+        raise UsageError(f"--max-memory: {err}") from None
+    return asyncio.run(_serve(host, port, token, max_memory // 4096, args.once))
+
+
+async def _serve(host: str, port: int, token: str | None, max_pages: int, once: bool) -> int:
+    stop = asyncio.Event()
+    outcome: list[bool] = []
+
+    def on_finish(ok: bool) -> None:
+        outcome.append(ok)
+        if once:
+            stop.set()
+
+    app = make_app(max_memory_pages=max_pages, token=token, on_finish=on_finish)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        raise UsageError(f"--listen {host}:{port}: {err.strerror or err}") from None
+    bound = runner.addresses[0]
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    print(f"precopy dest: listening on http://{shown}:{bound[1]}", flush=True)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    if once:
+        return EXIT_OK if outcome and outcome[-1] else EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "mmu":
+        from migrate.bench import mmu as bench
+    else:
+        raise UsageError(f"bench: unknown benchmark {args.what!r}")
+    result = bench.run(quick=args.quick)
+    print(json.dumps(result, indent=2) if args.json else bench.format_table(result))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="precopy",
+        description="Live-migration dirty-tracking emulator (KVM MMU + QEMU precopy).",
+    )
+    parser.add_argument("--debug", action="store_true", help="tracebacks and debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def scenario_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config key, e.g. mmu.strategy=rmap (repeatable)")
+        p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+        p.add_argument("--quiet", action="store_true", help="no progress lines or table")
+        p.add_argument("--token", help="shared token (default: $PRECOPY_TOKEN)")
+        p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="give up on a destination that does not answer (default 30)")
+
+    p = sub.add_parser("run", help="launch a destination and migrate to it (both at once)")
+    p.add_argument("config", nargs="?", type=Path, help="scenario TOML (default: built-in)")
+    scenario_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("source", help="migrate a guest to a running destination")
+    p.add_argument("config", nargs="?", type=Path, help="scenario TOML (default: built-in)")
+    p.add_argument("--dest", required=True, metavar="URL", help="e.g. http://127.0.0.1:7450")
+    scenario_options(p)
+    p.set_defaults(func=cmd_source)
+
+    p = sub.add_parser("dest", help="receive migrations")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help=f"address to listen on; port 0 picks a free one (default {DEFAULT_LISTEN})")
+    p.add_argument("--once", action="store_true",
+                   help="exit after one migration: 0 only if it completed and verified")
+    p.add_argument("--max-memory", default="64GiB", metavar="SIZE",
+                   help="refuse guests larger than this (default 64GiB)")
+    p.add_argument("--token", help="require this token (default: $PRECOPY_TOKEN)")
+    p.set_defaults(func=cmd_dest)
+
+    p = sub.add_parser("bench", help="measure the emulator itself")
+    p.add_argument("what", choices=["mmu"], help="which benchmark")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="precopy %(name)s: %(message)s")
+    raise_malloc_thresholds()
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"precopy: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"precopy: error: {err} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILED

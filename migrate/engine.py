@@ -1,0 +1,295 @@
+"""The source: QEMU's iterative precopy, driving the guest model and a destination.
+
+setup -> iterate (send a pass, sync, decide) -> stop-and-copy -> verify.
+Between batches the guest runs up to the clock's now, so every page is read
+at the time it is sent. On any failure or cancel the guest resumes at the
+source with its memory untouched (the source never writes guest memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from migrate import wire
+from migrate.clock import NS_PER_S, make_clock
+from migrate.config import Scenario
+from migrate.digest import page_digests
+from migrate.errors import ProtocolError
+from migrate.policy import Decision, PassFigures, decide
+from migrate.report import Report, RoundRecord
+from migrate.transport import DestinationClient, DestinationError
+from vmmodel import PAGE_SIZE, GuestStats, HarvestResult, Vm
+
+log = logging.getLogger("precopy.source")
+NS_PER_MS = 1e6
+DEVICE_STATE_PER_VCPU = 4096  # registers, LAPIC, MSRs: a few KiB per vCPU in QEMU's stream
+
+
+class MigrationCancelled(Exception):
+    """Cancelled by the user or by the on-no-convergence policy; the guest stays here."""
+
+
+@dataclass
+class PassTraffic:
+    pages: int = 0
+    zero: int = 0
+    normal: int = 0
+    bytes: int = 0
+    compressed_bytes: int = 0
+    send_ns: float = 0.0
+
+
+class Source:
+    """One migration of one guest to one destination."""
+
+    def __init__(self, scenario: Scenario, client: DestinationClient, *,
+                 progress: Callable[[RoundRecord], None] | None = None) -> None:
+        self.scenario = scenario
+        self.client = client
+        self.progress = progress
+        self.vm = Vm(scenario.guest, scenario.mmu, scenario.costs, scenario.seed)
+        self.bandwidth_bps = min(scenario.link.bandwidth_bps, scenario.migration.max_bandwidth_bps)
+        self.clock = make_clock(scenario.clock, self.bandwidth_bps)
+        self.report = Report(seed=scenario.seed, clock=scenario.clock, config=scenario.to_dict())
+        self.ram = self.report.ram
+        self.ram.total = self.vm.npages * PAGE_SIZE
+        self.migration_id: str | None = None
+        self._gather = np.empty((scenario.migration.batch_pages, PAGE_SIZE), dtype=np.uint8)
+        self._last_sync_ns = 0.0
+        self._verify_wall_ns = 0.0
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> Report:
+        """Migrate; always return a report (failures and cancels included)."""
+        wall_start = time.perf_counter()
+        try:
+            pending = await self.setup()
+            iteration = 1
+            while True:
+                pending, figures = await self.iterate(iteration, pending)
+                decision = decide(figures, **self._policy())
+                if decision is Decision.CANCEL:
+                    raise MigrationCancelled(
+                        f"no convergence after {iteration} passes (on-no-convergence = cancel)"
+                    )
+                if decision is not Decision.CONTINUE:
+                    if decision is Decision.FORCE:
+                        log.info("no convergence after %d passes: forcing switchover", iteration)
+                    break
+                iteration += 1
+            await self.stop_and_copy(iteration + 1, pending)
+        except (MigrationCancelled, asyncio.CancelledError) as err:
+            await self._abort("cancelled", str(err) or "cancelled by the user")
+        except (DestinationError, ProtocolError, OSError) as err:
+            await self._abort("failed", str(err))
+        self.report.wall_time_s = time.perf_counter() - wall_start
+        self.report.guest = self._guest_totals()
+        return self.report
+
+    def _policy(self) -> dict:
+        m = self.scenario.migration
+        return {"downtime_limit_ns": m.downtime_limit_ns, "max_iterations": m.max_iterations,
+                "max_time_ns": m.max_time_ns, "on_no_convergence": m.on_no_convergence}
+
+    async def _abort(self, status: str, why: str) -> None:
+        """Leave the guest running here, intact, and tell the destination to discard."""
+        self.vm.resume()
+        self.report.status = status
+        self.report.error = why
+        self.ram.remaining = self.vm.dirty_pages_pending() * PAGE_SIZE
+        log.warning("migration %s: %s", status, why)
+        if self.migration_id is not None:
+            try:
+                await asyncio.wait_for(self.client.cancel(self.migration_id), timeout=5)
+            except (DestinationError, TimeoutError, asyncio.CancelledError):
+                pass  # it may be gone already; it discards on its own then
+
+    # ------------------------------------------------------------------ steps
+
+    async def setup(self) -> np.ndarray:
+        """Touch the working set, say hello, enable dirty logging; return the first pass's gfns."""
+        self.vm.prefill()
+        self.clock = make_clock(self.scenario.clock, self.bandwidth_bps)  # time starts now
+        start = self.clock.now_ns
+        self.migration_id = await self.client.hello(self._hello())
+        await self.clock.elapse(2 * self.scenario.link.latency_ns)
+        enable = self.vm.enable_dirty_logging()
+        await self.clock.elapse(enable.kernel_ns)
+        self.ram.dirty_sync_count = 1  # QEMU counts the setup sync
+        self._last_sync_ns = self.clock.now_ns
+        self.report.setup_time_ms = (self.clock.now_ns - start) / NS_PER_MS
+        return np.arange(self.vm.npages, dtype=np.int64)  # the first pass: every page
+
+    def _hello(self) -> dict:
+        return {
+            "page-size": PAGE_SIZE,
+            "memory-pages": self.vm.npages,
+            "slots": [{"id": s.id, "name": s.name, "base-gfn": s.base_gfn, "npages": s.npages}
+                      for s in self.vm.slots],
+            "vcpus": self.scenario.guest.vcpus,
+        }
+
+    async def iterate(self, iteration: int, pending: np.ndarray) -> tuple[np.ndarray, PassFigures]:
+        """Send one pass, then sync; return the next pass's gfns and the figures to decide on."""
+        start = self.clock.now_ns
+        before = GuestStats(**asdict(self.vm.stats))
+        traffic = await self.send_pages(iteration, pending)
+        self.ram.precopy_bytes += traffic.bytes
+        harvest = await self.sync()
+        now = self.clock.now_ns
+        # QEMU's dirty-pages-rate: distinct pages dirtied between two syncs, per second.
+        self.ram.dirty_pages_rate = len(harvest.gfns) * NS_PER_S / max(now - self._last_sync_ns, 1)
+        self._last_sync_ns = now
+        bandwidth = traffic.bytes * NS_PER_S / traffic.send_ns if traffic.send_ns else 0.0
+        remaining = len(harvest.gfns) * PAGE_SIZE
+        expected = remaining * NS_PER_S / bandwidth if bandwidth else float("inf")
+        self.report.expected_downtime_ms = expected / NS_PER_MS
+        self.ram.mbps = bandwidth * 8 / 1e6
+        self.ram.pages_per_second = traffic.pages * NS_PER_S / max(now - start, 1.0)
+        self.ram.remaining = remaining
+        self._record(iteration, "precopy", start, pending, traffic, harvest, before,
+                     bandwidth, expected)
+        figures = PassFigures(iteration, remaining, bandwidth, now)
+        return harvest.gfns, figures
+
+    async def sync(self) -> HarvestResult:
+        """Migration bitmap sync: harvest every logging slot through the strategy."""
+        self.vm.advance_to(self.clock.now_ns)
+        harvest = self.vm.sync_dirty_log()
+        await self.clock.elapse(harvest.kernel_ns)
+        self.ram.dirty_sync_count += 1
+        return harvest
+
+    async def stop_and_copy(self, pass_no: int, pending: np.ndarray) -> None:
+        """Pause, final sync, send the rest and the device state, wait for RESUMED."""
+        paused_at = self.clock.now_ns
+        before = GuestStats(**asdict(self.vm.stats))
+        self.vm.advance_to(paused_at)
+        self.vm.pause()
+        harvest = await self.sync()
+        rest = np.union1d(pending, harvest.gfns)
+        traffic = await self.send_pages(pass_no, rest)
+        device_state = self._device_state()
+        await self.clock.transfer(len(device_state))
+        traffic.bytes += len(device_state) + wire.HEADER_SIZE
+        self.ram.downtime_bytes = traffic.bytes
+        wall = time.perf_counter_ns()
+        digests = page_digests(self.vm.pages)  # the emulator's check, not migration work
+        self._verify_wall_ns += time.perf_counter_ns() - wall
+        answer = await self.client.complete(
+            self.migration_id, pass_no, device_state, digests, {"pages": int(self.vm.npages)}
+        )
+        await self.clock.elapse(2 * self.scenario.link.latency_ns)  # COMPLETE there, RESUMED back
+        self._verify_wall_ns += float(answer.get("verify-ms", 0.0)) * NS_PER_MS
+        downtime = self.clock.now_ns - paused_at
+        if self.clock.kind == "wall":
+            downtime -= self._verify_wall_ns
+        self.report.downtime_ms = downtime / NS_PER_MS
+        self.report.total_time_ms = self.clock.now_ns / NS_PER_MS
+        self.report.verify_wall_ms = self._verify_wall_ns / NS_PER_MS
+        self.ram.remaining = 0
+        self._record(pass_no, "stop-and-copy", paused_at, rest, traffic, harvest, before,
+                     self.bandwidth_bps, downtime)
+        self._verdict(answer)
+
+    def _verdict(self, answer: dict) -> None:
+        lost = answer.get("lost-gfns")
+        verified = answer.get("verified") is True and lost == []
+        self.report.verified = verified
+        self.report.lost_pages = [int(g) for g in lost] if isinstance(lost, list) else []
+        if verified:
+            self.report.status = "completed"
+            return
+        # The destination did not resume: the guest carries on here.
+        self.vm.resume()
+        self.report.status = "failed"
+        self.report.error = (f"verification failed: {len(self.report.lost_pages)} pages at the "
+                             "destination differ from the source (lost writes)")
+
+    # ------------------------------------------------------------------ data path
+
+    async def send_pages(self, pass_no: int, gfns: np.ndarray) -> PassTraffic:
+        """Stream `gfns` in batches, each read from guest memory just before it is sent."""
+        traffic = PassTraffic()
+        batch_pages = self.scenario.migration.batch_pages
+
+        async def frames() -> AsyncIterator[bytes | memoryview]:
+            for start in range(0, len(gfns), batch_pages):
+                self.vm.advance_to(self.clock.now_ns)
+                batch = gfns[start : start + batch_pages]
+                pages = wire.gather_pages(self.vm.pages, batch, out=self._gather)
+                frame = wire.encode_pages(pass_no, batch, pages)
+                for part in frame.parts:
+                    yield part
+                sent_at = self.clock.now_ns
+                await self.clock.transfer(frame.nbytes)
+                traffic.send_ns += self.clock.now_ns - sent_at
+                traffic.pages += frame.n_pages
+                traffic.zero += frame.n_zero
+                traffic.normal += frame.n_normal
+                traffic.bytes += frame.nbytes
+            end = wire.encode_control(wire.MsgType.END_OF_PASS, pass_no, {"pages": len(gfns)})
+            traffic.bytes += len(end)
+            yield end
+
+        answer = await self.client.send_pass(self.migration_id, pass_no, frames())
+        if answer.get("pages") != len(gfns):
+            raise DestinationError(f"pass {pass_no}: destination stored {answer.get('pages')} "
+                                   f"pages, {len(gfns)} were sent")
+        await self.clock.elapse(self.scenario.link.latency_ns)  # the last byte's flight
+        self.ram.transferred += traffic.bytes
+        self.ram.duplicate += traffic.zero
+        self.ram.normal += traffic.normal
+        self.ram.normal_bytes += traffic.normal * PAGE_SIZE
+        return traffic
+
+    def _device_state(self) -> bytes:
+        rng = np.random.default_rng(self.scenario.seed)
+        return rng.bytes(DEVICE_STATE_PER_VCPU * self.scenario.guest.vcpus)
+
+    # ------------------------------------------------------------------ records
+
+    def _record(self, round_no: int, phase: str, start: float, pending: np.ndarray,
+                traffic: PassTraffic, harvest: HarvestResult, before: GuestStats,
+                bandwidth: float, expected_ns: float) -> None:
+        stats = self.vm.stats
+        record = RoundRecord(
+            round=round_no,
+            phase=phase,
+            start_ms=start / NS_PER_MS,
+            duration_ms=(self.clock.now_ns - start) / NS_PER_MS,
+            dirty_pages=len(pending),
+            pages_sent=traffic.pages,
+            bytes=traffic.bytes,
+            bandwidth=bandwidth,
+            expected_downtime_ms=expected_ns / NS_PER_MS,
+            faults=stats.faults - before.faults,
+            vcpu_stall_ns=stats.vcpu_stall_ns - before.vcpu_stall_ns,
+            fault_ns=stats.fault_ns - before.fault_ns,
+            harvest=harvest.to_dict(),
+        )
+        self.report.rounds.append(record)
+        if self.progress is not None:
+            self.progress(record)
+
+    def _guest_totals(self) -> dict:
+        s = self.vm.stats
+        return {"writes": s.writes, "write-faults": s.write_faults, "page-faults": s.page_faults,
+                "fault-ns": round(s.fault_ns), "vcpu-stall-ns": round(s.vcpu_stall_ns),
+                "zapped-pages": s.zapped_pages, "n-used-mmu-pages": self.vm.mmu.n_used_mmu_pages,
+                "running": not self.vm.paused}
+
+
+async def migrate(scenario: Scenario, dest_url: str, *, token: str | None = None,
+                  timeout_s: float = 30.0,
+                  progress: Callable[[RoundRecord], None] | None = None) -> Report:
+    """Run one migration of `scenario` to the destination at `dest_url`."""
+    async with DestinationClient(dest_url, token=token, timeout_s=timeout_s) as client:
+        return await Source(scenario, client, progress=progress).run()

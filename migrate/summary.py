@@ -1,0 +1,65 @@
+"""What a person reads: one progress line per pass, and the summary table at the end."""
+
+from __future__ import annotations
+
+from migrate.report import Report, RoundRecord
+
+MIB = 1 << 20
+
+
+def progress_line(r: RoundRecord) -> str:
+    h = r.harvest
+    return (
+        f"{r.phase:>13} {r.round:>3}: {r.pages_sent:>9,} pages {r.bytes / MIB:>8.1f} MiB "
+        f"in {r.duration_ms:>8.1f} ms ({r.bandwidth / MIB:>6.1f} MiB/s), "
+        f"next {h.get('nr-dirty-pages', 0):>8,} dirty, "
+        f"expected downtime {r.expected_downtime_ms:>8.1f} ms, "
+        f"harvest {h.get('branch', '?')} {h.get('modeled-ns', 0) / 1e3:.1f} us"
+    )
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    def fmt(row: list[str]) -> str:
+        return "  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True))
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+
+def summary_table(report: Report) -> str:
+    ram = report.ram
+    mmu = report.config.get("mmu", {})
+    workload = report.config.get("guest", {}).get("workload", {})
+    verdict = "yes" if report.verified else "NO"
+    lines = [
+        f"status           {report.status}" + (f" ({report.error})" if report.error else ""),
+        f"verified         {verdict}"
+        + (f", {len(report.lost_pages)} lost pages: {report.lost_pages[:10]}"
+           + (" ..." if len(report.lost_pages) > 10 else "") if report.lost_pages else ""),
+        f"scenario         {report.config.get('guest', {}).get('memory', '?')} guest, "
+        f"{workload.get('kind', '?')} workload, {mmu.get('shape', '?')} MMU, "
+        f"{mmu.get('strategy', '?')} harvest, {report.clock} clock, seed {report.seed}",
+        f"total-time       {report.total_time_ms:,.1f} ms (setup {report.setup_time_ms:,.1f} ms)",
+        f"downtime         {report.downtime_ms:,.1f} ms "
+        f"(expected {report.expected_downtime_ms:,.1f} ms)",
+        f"transferred      {ram.transferred / MIB:,.1f} MiB: {ram.normal:,} normal pages, "
+        f"{ram.duplicate:,} zero pages; precopy {ram.precopy_bytes / MIB:,.1f} MiB, "
+        f"downtime {ram.downtime_bytes / MIB:,.1f} MiB",
+        f"dirty-sync-count {ram.dirty_sync_count}, last pass {ram.mbps:,.1f} Mbit/s, "
+        f"dirty rate {ram.dirty_pages_rate:,.0f} pages/s",
+        f"guest            {report.guest.get('writes', 0):,} writes, "
+        f"{report.guest.get('write-faults', 0):,} write faults, "
+        f"{report.guest.get('vcpu-stall-ns', 0) / 1e6:,.2f} ms vCPU stall on mmu_lock",
+        f"wall time        {report.wall_time_s:.2f} s",
+        "",
+    ]
+    rows = [
+        [str(r.round), r.phase, f"{r.dirty_pages:,}", f"{r.bytes / MIB:,.1f}",
+         f"{r.start_ms:,.1f}", f"{r.duration_ms:,.1f}", f"{r.bandwidth / MIB:,.1f}",
+         f"{r.expected_downtime_ms:,.1f}", r.harvest.get("branch", ""),
+         f"{r.harvest.get('modeled-ns', 0) / 1e3:,.1f}", f"{r.faults:,}",
+         f"{r.vcpu_stall_ns / 1e6:,.3f}"]
+        for r in report.rounds
+    ]
+    header = ["round", "phase", "pages", "MiB", "start ms", "ms", "MiB/s", "exp. down ms",
+              "harvest", "harvest us", "faults", "stall ms"]
+    return "\n".join(lines) + _table(rows, header)

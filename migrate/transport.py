@@ -1,0 +1,93 @@
+"""The source's side of the wire: one aiohttp session talking to a destination.
+
+Each precopy pass is one streamed POST whose body is the pass's frames, so
+the socket sees large writes and the destination decodes as bytes arrive.
+Refusals come back as `DestinationError` with the destination's error code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from migrate import wire
+
+
+class DestinationError(Exception):
+    """The destination refused a request, or could not be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class DestinationClient:
+    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # sock_read bounds how long a stalled destination can keep us waiting.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
+        self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout)
+
+    async def __aenter__(self) -> DestinationClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _request(self, method: str, path: str, data: Any = None) -> dict[str, Any]:
+        url = f"{self.base_url}{path}"
+        try:
+            async with self._session.request(method, url, data=data) as resp:
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = {"error": "bad-response", "detail": (await resp.text())[:200]}
+                if resp.status >= 400 or not isinstance(body, dict):
+                    detail = body.get("detail", body) if isinstance(body, dict) else body
+                    code = body.get("error") if isinstance(body, dict) else None
+                    raise DestinationError(
+                        f"{method} {path}: {resp.status} {code}: {detail}",
+                        status=resp.status,
+                        code=code,
+                    )
+                return body
+        except aiohttp.ClientError as err:
+            raise DestinationError(f"{method} {path}: {type(err).__name__}: {err}") from err
+        except TimeoutError as err:
+            raise DestinationError(f"{method} {path}: no answer within the timeout") from err
+
+    async def hello(self, info: dict[str, Any]) -> str:
+        answer = await self._request(
+            "POST", "/migrations", wire.encode_control(wire.MsgType.HELLO, 0, info)
+        )
+        migration_id = answer.get("id")
+        if not isinstance(migration_id, str) or not migration_id.isalnum():
+            raise DestinationError(f"HELLO answer has no valid id: {answer!r}")
+        return migration_id
+
+    async def send_pass(
+        self, migration_id: str, pass_no: int, frames: AsyncIterator[bytes | memoryview]
+    ) -> dict[str, Any]:
+        return await self._request("POST", f"/migrations/{migration_id}/pass/{pass_no}", frames)
+
+    async def complete(
+        self, migration_id: str, pass_no: int, device_state: bytes, digests: np.ndarray,
+        info: dict[str, Any],
+    ) -> dict[str, Any]:
+        body = b"".join([
+            wire.encode_device_state(pass_no, device_state),
+            wire.encode_digests(pass_no, digests),
+            wire.encode_control(wire.MsgType.COMPLETE, pass_no, info),
+        ])
+        return await self._request("POST", f"/migrations/{migration_id}/complete", body)
+
+    async def cancel(self, migration_id: str) -> None:
+        await self._request("DELETE", f"/migrations/{migration_id}")
