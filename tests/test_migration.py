@@ -1,0 +1,190 @@
+"""Precopy end to end: real source and destination processes over aiohttp on 127.0.0.1."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from migrate.report import Report
+from tests.procs import SMALL, Destination, load_json, precopy
+
+WALL_FIELDS = ("wall-time-s", "verify-wall-ms")
+
+
+def _strip_wall(report: dict) -> dict:
+    out = {k: v for k, v in report.items() if k not in WALL_FIELDS}
+    out["rounds"] = [
+        {**r, "harvest": {k: v for k, v in r["harvest"].items() if k != "wall-ns"}}
+        for r in report["rounds"]
+    ]
+    return out
+
+
+def test_default_run_completes_and_verifies(tmp_path):
+    out = tmp_path / "default.json"
+    proc = precopy("run", "--json", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = load_json(out)
+    assert report["status"] == "completed" and report["verified"] is True
+    assert report["lost-pages"] == []
+    assert report["ram"]["total"] == 1 << 30
+    # One progress line per pass, then the summary table.
+    passes = [r for r in report["rounds"] if r["phase"] == "precopy"]
+    assert sum(line.lstrip().startswith("precopy ") for line in proc.stdout.splitlines()) == len(
+        passes
+    )
+    assert "verified         yes" in proc.stdout
+    # QEMU's rule: switch over only once the remaining bytes fit the downtime limit.
+    last = passes[-1]
+    assert last["expected-downtime"] <= 300.0
+    assert report["ram"]["dirty-sync-count"] == len(report["rounds"]) + 1  # + setup sync
+    assert Report.from_dict(report).to_dict() == report
+
+
+def test_broken_strategy_is_caught_losing_writes(tmp_path):
+    out = tmp_path / "noflush.json"
+    proc = precopy("run", "--set", "mmu.strategy=rmap-noflush", "--json", str(out), timeout=120)
+    assert proc.returncode == 1
+    report = load_json(out)
+    assert report["verified"] is False
+    assert report["status"] == "failed"
+    assert len(report["lost-pages"]) > 0
+    assert all(0 <= g < report["ram"]["total"] // 4096 for g in report["lost-pages"])
+    assert "lost pages" in proc.stdout
+
+
+def test_virtual_clock_is_deterministic(tmp_path):
+    reports = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.json"
+        proc = precopy("run", str(SMALL), "--quiet", "--json", str(out))
+        assert proc.returncode == 0, proc.stderr
+        reports.append(_strip_wall(load_json(out)))
+    assert reports[0] == reports[1]
+    assert len(reports[0]["rounds"]) >= 2
+
+
+def test_dest_and_source_as_two_commands(tmp_path):
+    out = tmp_path / "two.json"
+    with Destination("--once") as dest:
+        proc = precopy("source", str(SMALL), "--dest", dest.url, "--json", str(out))
+        assert proc.returncode == 0, proc.stderr
+        assert dest.wait() == 0  # --once: exits 0 after one verified migration
+    assert load_json(out)["verified"] is True
+
+
+def test_dest_serves_migrations_one_after_another(tmp_path):
+    with Destination() as dest:
+        for i in range(2):
+            proc = precopy("source", str(SMALL), "--dest", dest.url, "--quiet",
+                           "--set", f"seed={i + 1}")
+            assert proc.returncode == 0, proc.stderr
+        assert dest.proc.poll() is None  # still serving
+
+
+@pytest.mark.parametrize("policy,status,code", [("force", "completed", 0),
+                                                ("cancel", "cancelled", 1)])
+def test_non_converging_workload(tmp_path, policy, status, code):
+    out = tmp_path / f"{policy}.json"
+    # 40k writes/s over 16 MiB (4096 pages) against 16 MiB/s: never under the limit.
+    proc = precopy(
+        "run", str(SMALL), "--quiet", "--json", str(out),
+        "--set", "guest.workload.kind=uniform", "--set", "guest.workload.rate=40000",
+        "--set", "guest.workload.working-set=16MiB", "--set", "migration.max-bandwidth=16MiB/s",
+        "--set", "migration.max-iterations=4", "--set", f"migration.on-no-convergence={policy}",
+    )
+    assert proc.returncode == code, proc.stderr
+    report = load_json(out)
+    assert report["status"] == status
+    passes = [r for r in report["rounds"] if r["phase"] == "precopy"]
+    assert len(passes) == 4
+    assert all(r["expected-downtime"] > 300 for r in passes)
+    if policy == "force":
+        assert report["verified"] is True
+        assert report["downtime"] > 300  # forced: far over the limit, still correct
+    else:
+        assert report["verified"] is False
+        assert report["guest"]["running"] is True  # the guest carries on at the source
+        assert not any(r["phase"] == "stop-and-copy" for r in report["rounds"])
+
+
+def test_exit_2_on_bad_config():
+    proc = precopy("run", "--set", "mmu.strategy=nonsense")
+    assert proc.returncode == 2
+    assert "mmu.strategy" in proc.stderr and "Traceback" not in proc.stderr
+    proc = precopy("run", "/nonexistent/config.toml")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_uniform_passes_match_the_expected_dirty_count(tmp_path):
+    """Each pass's dirty pages ~ V(1 - e^(-wT/V)), T the time between its sync and the last."""
+    out = tmp_path / "uniform.json"
+    rate, pages = 20000, 16384
+    proc = precopy(
+        "run", str(SMALL), "--quiet", "--json", str(out),
+        "--set", "guest.workload.kind=uniform", "--set", f"guest.workload.rate={rate}",
+        "--set", "guest.workload.working-set=64MiB", "--set", "migration.max-iterations=5",
+        "--set", "migration.max-bandwidth=32MiB/s",
+    )
+    assert proc.returncode == 0, proc.stderr
+    rounds = load_json(out)["rounds"]
+    checked = 0
+    for prev, cur in zip(rounds, rounds[1:], strict=False):
+        if cur["phase"] != "precopy":
+            continue
+        # The pages cur sends are those dirtied between prev's sync and the one before it.
+        t_s = prev["duration"] / 1e3
+        expected = pages * (1 - math.exp(-rate * t_s / pages))
+        assert cur["dirty-pages"] == pytest.approx(expected, rel=0.05)
+        checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("shape", ["tdp", "shadow"])
+@pytest.mark.parametrize("strategy", ["walk", "rmap", "heuristic"])
+def test_every_strategy_completes_and_verifies(tmp_path, shape, strategy):
+    out = tmp_path / "r.json"
+    proc = precopy("run", str(SMALL), "--quiet", "--json", str(out),
+                   "--set", f"mmu.strategy={strategy}", "--set", f"mmu.shape={shape}")
+    assert proc.returncode == 0, proc.stderr
+    report = load_json(out)
+    assert report["verified"] is True
+    branches = {r["harvest"]["branch"] for r in report["rounds"]}
+    assert branches <= ({strategy} if strategy != "heuristic" else {"walk", "rmap"})
+
+
+WORKLOADS = {
+    "idle": [],
+    "uniform": ["guest.workload.rate=3000"],
+    "hotspot": [],
+    "zipf": ["guest.workload.exponent=1.1"],
+    "sequential": ["guest.workload.rate=2000"],
+    "vga": ["guest.vga=true", "guest.vga-memory=4MiB"],
+    "phases": ['guest.workload.phases=[{kind="uniform", rate=2000, duration="300ms"},'
+               ' {kind="sequential", rate=4000, duration="200ms"}]'],
+    "mix": ["guest.vga=true", "guest.vga-memory=4MiB",
+            'guest.workload.parts=[{kind="hotspot", rate=6000}, {kind="vga", fps=30}]'],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WORKLOADS))
+def test_every_workload_completes_and_verifies(tmp_path, kind):
+    out = tmp_path / "r.json"
+    sets = [f"guest.workload.kind={kind}", *WORKLOADS[kind]]
+    args = [arg for s in sets for arg in ("--set", s)]
+    proc = precopy("run", str(SMALL), "--quiet", "--json", str(out), *args)
+    assert proc.returncode == 0, proc.stderr
+    report = load_json(out)
+    assert report["verified"] is True
+    if kind != "idle":
+        assert report["guest"]["writes"] > 0
+
+
+def test_protect_before_take_is_caught(tmp_path):
+    out = tmp_path / "pbt.json"
+    proc = precopy("run", "--quiet", "--json", str(out),
+                   "--set", "mmu.strategy=protect-before-take")
+    assert proc.returncode == 1
+    report = load_json(out)
+    assert report["verified"] is False and report["lost-pages"]
