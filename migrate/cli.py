@@ -26,7 +26,7 @@ from migrate.config import ConfigError, Scenario, load_scenario
 from migrate.dest import make_app
 from migrate.engine import migrate
 from migrate.malloc import raise_malloc_thresholds
-from migrate.report import Report
+from migrate.report import Report, RoundRecord
 from migrate.summary import progress_line, summary_table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -78,13 +78,20 @@ def _finish(report: Report, args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _print_progress(record: RoundRecord) -> None:
+    try:
+        print(progress_line(record), flush=True)
+    except BrokenPipeError:  # nobody is reading: the migration goes on regardless
+        pass
+
+
 async def _run_source(scenario: Scenario, url: str, args: argparse.Namespace) -> Report:
     """Migrate, cancelling cleanly on SIGINT/SIGTERM (the report is still written)."""
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
-    progress = None if args.quiet else (lambda r: print(progress_line(r), flush=True))
+    progress = None if args.quiet else _print_progress
     try:
         return await migrate(scenario, url, token=_token(args), timeout_s=args.timeout,
                              progress=progress)
@@ -252,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"precopy: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as err:
         if args.debug:
             raise
