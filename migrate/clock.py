@@ -81,9 +81,11 @@ class WallClock:
         self._window_bytes += nbytes
         budget = self.bandwidth_bps * RATE_LIMIT_WINDOW_NS / NS_PER_S
         if self._window_bytes >= budget:
-            # Over this window's budget: wait for the next window, as migration_rate_limit does.
+            # Over this window's budget: wait for the next window, as migration_rate_limit does,
+            # and carry the excess into it so the average holds to the limit.
             await asyncio.sleep((self._window_start + RATE_LIMIT_WINDOW_NS - now) / NS_PER_S)
-            self._window_start, self._window_bytes = self.now_ns, 0
+            self._window_start = self.now_ns
+            self._window_bytes -= budget
 
 
 def make_clock(kind: str, bandwidth_bps: float) -> Clock:

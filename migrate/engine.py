@@ -228,9 +228,7 @@ class Source:
                 frame = wire.encode_pages(pass_no, batch, pages)
                 for part in frame.parts:
                     yield part
-                sent_at = self.clock.now_ns
                 await self.clock.transfer(frame.nbytes)
-                traffic.send_ns += self.clock.now_ns - sent_at
                 traffic.pages += frame.n_pages
                 traffic.zero += frame.n_zero
                 traffic.normal += frame.n_normal
@@ -239,7 +237,10 @@ class Source:
             traffic.bytes += len(end)
             yield end
 
+        started = self.clock.now_ns
         answer = await self.client.send_pass(self.migration_id, pass_no, frames())
+        # Bandwidth is what the pass achieved end to end (wall clock: socket and rate limit).
+        traffic.send_ns = self.clock.now_ns - started
         if answer.get("pages") != len(gfns):
             raise DestinationError(f"pass {pass_no}: destination stored {answer.get('pages')} "
                                    f"pages, {len(gfns)} were sent")
