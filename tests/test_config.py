@@ -43,7 +43,7 @@ def test_default_scenario():
         0.9,
         0.05,
     )
-    assert w.working_set_pages == s.guest.memory_pages  # "100%", as an explicit count
+    assert w.working_set_pages == s.guest.memory_pages * 3 // 4  # "75%", as an explicit count
     assert w.phases == ()
     assert (s.mmu.shape, s.mmu.strategy, s.mmu.mapped_pages) == ("tdp", "heuristic", 16384)
     assert s.costs.name == "kvm-x86"
@@ -91,7 +91,7 @@ def test_set_nested_keys_and_types():
     assert s.guest.workload.rate == 50000.0
     assert s.guest.vga_pages == 16 * MiB // 4096
     assert s.guest.memory_pages == 2 * GiB // 4096
-    assert s.guest.workload.working_set_pages == 2 * GiB // 4096
+    assert s.guest.workload.working_set_pages == 2 * GiB // 4096 * 3 // 4  # "75%" of 2 GiB
     assert s.migration.downtime_limit_ns == 50_000_000
     assert s.link.bandwidth_bps == 1.25e8
     assert s.seed == 7
@@ -426,12 +426,12 @@ def test_to_dict_uses_toml_spelling():
     assert data["migration"]["max-bandwidth"] == "128MiB/s"
     assert data["link"] == {"bandwidth": "10Gbit/s", "latency": "100us"}
     assert data["guest"]["memory"] == "1GiB"
-    assert data["guest"]["workload"]["working-set"] == "100%"
+    assert data["guest"]["workload"]["working-set"] == "768MiB"  # 75 % of 1 GiB, resolved
     assert data["mmu"]["costs"]["name"] == "kvm-x86"
 
 
 def test_with_overrides():
-    base = load_scenario(None)
+    base = load_scenario(None, ["guest.workload.working-set=100%"])
     s = base.with_overrides(["guest.memory=2GiB", "mmu.strategy=walk"])
     assert s.guest.memory_pages == 2 * base.guest.memory_pages
     assert s.guest.workload.working_set_pages == s.guest.memory_pages  # "100%" follows memory

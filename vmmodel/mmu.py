@@ -64,7 +64,7 @@ class Mmu:
 
     # ---------------------------------------------------------------- faults
 
-    def fault_in(self, ids: np.ndarray) -> tuple[int, int]:
+    def fault_in(self, ids: np.ndarray, busy: np.ndarray | None = None) -> tuple[int, int]:
         """Instantiate writable sptes `ids` (unique, not present) for a write fault.
 
         Creates their shadow pages, zapping the oldest if that passes
@@ -77,7 +77,8 @@ class Mmu:
         if len(new_sps):
             excess = self.n_used_mmu_pages + len(new_sps) - self.max_mmu_pages
             if excess > 0 and self.n_leaf_pages:
-                zapped = self.zap_oldest_mmu_pages(excess, keep=sps)
+                spare = sps if busy is None else np.concatenate([sps, busy >> SPTE_SHIFT])
+                zapped = self.zap_oldest_mmu_pages(excess, keep=spare)
             self._create_pages(new_sps)
         self.spte_present[ids] = True
         self.spte_writable[ids] = True

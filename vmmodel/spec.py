@@ -8,6 +8,7 @@ report can carry the fully resolved model.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,16 +59,18 @@ class WorkloadSpec:
         if self.kind not in WORKLOAD_KINDS:
             kinds = ", ".join(WORKLOAD_KINDS)
             raise SpecError(f"workload.kind: {self.kind!r} is not one of {kinds}")
-        if self.rate < 0:
-            raise SpecError(f"workload.rate: {self.rate} is negative")
+        if not (math.isfinite(self.rate) and self.rate >= 0):
+            raise SpecError(f"workload.rate: {self.rate} is not a finite non-negative number")
         if self.working_set_pages < 0:
             raise SpecError("workload.working-set: negative")
         for name in ("hot_writes", "hot_memory", "region"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise SpecError(f"workload.{name.replace('_', '-')}: {value} is not in (0, 1]")
-        if self.fps <= 0:
-            raise SpecError(f"workload.fps: {self.fps} must be positive")
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise SpecError(f"workload.fps: {self.fps} must be positive and finite")
+        if not math.isfinite(self.exponent):
+            raise SpecError(f"workload.exponent: {self.exponent} is not finite")
         if self.kind == "phases":
             if not self.phases:
                 raise SpecError("workload.phases: a 'phases' workload needs at least one phase")

@@ -143,7 +143,7 @@ class Vm:
         protected = missed[present & ~self.mmu.spte_writable[missed]]
         absent = missed[~present]
         if len(absent):
-            created, zapped = self.mmu.fault_in(absent)
+            created, zapped = self.mmu.fault_in(absent, busy=missed)
             if zapped:  # kvm_mmu_commit_zap_page flushes remote TLBs
                 self.tlbs.flush_all()
                 self.stats.zapped_pages += zapped
@@ -174,7 +174,9 @@ class Vm:
 
     def _run_slice(self, t_ns: float, dt_ns: float) -> None:
         running = dt_ns * (1.0 - self.throttle)
-        owed = np.minimum(self._debt_ns, running)
+        # Repay at the pace the debt was run up (spread over a slice), not all first.
+        share = np.minimum(self._debt_ns / self.guest.slice_ns, 1.0)
+        owed = np.minimum(self._debt_ns, running * share)
         self._debt_ns -= owed
         active = (running - owed) / dt_ns
         if not active.any():
@@ -206,13 +208,15 @@ class Vm:
         Pages get text-like content; every process maps them in (shadow shape).
         Costs are not counted: this is before the migration.
         """
+        if not self.guest.workload.prefill:
+            return
         gfns = self.workload.prefill_gfns()
         if len(gfns) == 0:
             return
         self.memory.fill(gfns, _text_pool(self.rng))
         for process in range(self.mmu.layout.roots):
             self._slice_no = process
-            self.write(0, gfns)
+            self._translate_writes(0, gfns)  # fill() has stamped the pages already
         self._slice_no = 0
         self.tlbs.flush_all()
         self.stats = GuestStats()

@@ -78,7 +78,9 @@ class Hotspot(RateWorkload):
     def _pick(self, rng, t_ns, n) -> np.ndarray:
         n_hot = int(rng.binomial(n, self.spec.hot_writes)) if n else 0
         out = rng.integers(self.base, self.base + self.pages, n, dtype=np.int64)
-        out[:n_hot] = rng.integers(self.base, self.base + self.hot_pages, n_hot, dtype=np.int64)
+        # Spread the hot writes evenly through the slice: every vCPU gets its share of both.
+        hot_at = np.arange(n_hot, dtype=np.int64) * n // max(n_hot, 1)
+        out[hot_at] = rng.integers(self.base, self.base + self.hot_pages, n_hot, dtype=np.int64)
         return out
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of the emulator itself (`precopy bench ...`): pure compute, no asyncio."""

@@ -1,0 +1,241 @@
+"""Parameter objects and the Vm's contract: validation that names the field, round trips
+through plain dicts, determinism for a seed, and errors for bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmmodel import (
+    STRATEGIES,
+    CostTable,
+    GuestSpec,
+    HarvestResult,
+    MmuSpec,
+    SpecError,
+    Vm,
+    WorkloadSpec,
+)
+
+# ------------------------------------------------------------------ validation names the field
+
+BAD_SPECS = [
+    (lambda: WorkloadSpec(kind="bursty"), "workload.kind"),
+    (lambda: WorkloadSpec(rate=-1.0), "workload.rate"),
+    (lambda: WorkloadSpec(working_set_pages=-5), "workload.working-set"),
+    (lambda: WorkloadSpec(hot_writes=0.0), "workload.hot-writes"),
+    (lambda: WorkloadSpec(hot_memory=1.5), "workload.hot-memory"),
+    (lambda: WorkloadSpec(region=0.0), "workload.region"),
+    (lambda: WorkloadSpec(fps=0.0), "workload.fps"),
+    (lambda: WorkloadSpec(kind="phases"), "workload.phases"),
+    (lambda: WorkloadSpec(kind="phases", phases=(WorkloadSpec(),)), "workload.phases"),
+    (lambda: WorkloadSpec(kind="phases", phases=(
+        WorkloadSpec(kind="phases", duration_ns=1,
+                     phases=(WorkloadSpec(duration_ns=1),)),)), "workload.phases"),
+    (lambda: WorkloadSpec(kind="mix"), "workload.parts"),
+    (lambda: WorkloadSpec(kind="mix", parts=(WorkloadSpec(kind="mix", parts=(WorkloadSpec(),)),)),
+     "workload.parts"),
+    (lambda: GuestSpec(memory_pages=100), "guest.memory"),
+    (lambda: GuestSpec(vcpus=0), "guest.vcpus"),
+    (lambda: GuestSpec(vcpus=257), "guest.vcpus"),
+    (lambda: GuestSpec(vga_pages=-1), "guest.vga-memory"),
+    (lambda: GuestSpec(slice_ns=0), "guest.slice"),
+    (lambda: GuestSpec(workload=WorkloadSpec(kind="vga")), "guest.workload"),
+    (lambda: MmuSpec(shape="nested"), "mmu.shape"),
+    (lambda: MmuSpec(max_mmu_pages=-1), "mmu.max-mmu-pages"),
+    (lambda: MmuSpec(tlb_entries=0), "mmu.tlb-entries"),
+    (lambda: MmuSpec(address_spaces=0), "mmu.address-spaces"),
+    (lambda: MmuSpec(address_spaces=65), "mmu.address-spaces"),
+    (lambda: MmuSpec(mapped_pages=-1), "mmu.mapped-pages"),
+    (lambda: MmuSpec(shared=1.5), "mmu.shared"),
+    (lambda: MmuSpec(shared=math.nan), "mmu.shared"),
+    (lambda: CostTable(spte_visit_ns=-1.0), "costs.spte_visit_ns"),
+    (lambda: CostTable(tlb_flush_ns=math.nan), "costs.tlb_flush_ns"),
+    (lambda: CostTable.from_dict({"spte_ns": 1.0}), "spte_ns"),
+    (lambda: GuestSpec.from_dict({"memory": 1}), "memory"),
+    (lambda: MmuSpec.from_dict({"strategy": "walk", "flush": True}), "flush"),
+    (lambda: WorkloadSpec.from_dict({"kind": "uniform", "rates": 5}), "rates"),
+]
+
+
+@pytest.mark.parametrize("build,field", BAD_SPECS, ids=[f for _, f in BAD_SPECS])
+def test_spec_errors_name_the_bad_field(build, field):
+    with pytest.raises(SpecError, match=field.replace(".", r"\.")):
+        build()
+
+
+@pytest.mark.parametrize("build,field", [
+    (lambda: WorkloadSpec(rate=math.nan), "workload.rate"),
+    (lambda: WorkloadSpec(rate=math.inf), "workload.rate"),
+    (lambda: WorkloadSpec(fps=math.nan), "workload.fps"),
+    (lambda: WorkloadSpec(kind="zipf", exponent=math.nan), "workload.exponent"),
+], ids=["rate-nan", "rate-inf", "fps-nan", "exponent-nan"])
+def test_non_finite_numbers_are_rejected_too(build, field):
+    """TOML has `nan` and `inf`. `rate = nan` passes `rate < 0` and only fails later, in the
+    middle of a run, with "cannot convert float NaN to integer"."""
+    with pytest.raises(SpecError, match=field.replace(".", r"\.")):
+        build()
+
+
+def test_an_unknown_strategy_is_a_spec_error_naming_it():
+    with pytest.raises(SpecError, match=r"mmu\.strategy: 'fast'"):
+        Vm(GuestSpec(memory_pages=1024), MmuSpec(strategy="fast"), CostTable(), seed=0)
+
+
+def test_a_vga_workload_needs_the_framebuffer_even_inside_a_mix():
+    parts = (WorkloadSpec(kind="uniform"), WorkloadSpec(kind="vga"))
+    with pytest.raises(SpecError, match=r"guest\.workload"):
+        GuestSpec(memory_pages=1024, workload=WorkloadSpec(kind="mix", parts=parts))
+
+
+def test_specs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        MmuSpec().shape = "shadow"
+
+
+# ------------------------------------------------------------------ round trips
+
+
+finite = st.floats(min_value=1e-3, max_value=1e9, allow_nan=False)
+unit = st.floats(min_value=1e-3, max_value=1.0)
+simple_workloads = st.builds(
+    WorkloadSpec,
+    kind=st.sampled_from(["idle", "uniform", "hotspot", "zipf", "sequential"]),
+    rate=finite, working_set_pages=st.integers(0, 1 << 20), prefill=st.booleans(),
+    hot_writes=unit, hot_memory=unit, exponent=st.floats(0.1, 3.0), fps=finite,
+    region=unit, duration_ns=st.integers(1, 10**10),
+)
+workloads = st.one_of(
+    simple_workloads,
+    st.builds(lambda ps: WorkloadSpec(kind="phases", phases=tuple(ps)),
+              st.lists(simple_workloads, min_size=1, max_size=3)),
+    st.builds(lambda ps: WorkloadSpec(kind="mix", parts=tuple(ps)),
+              st.lists(simple_workloads, min_size=1, max_size=3)),
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(workload=workloads, vcpus=st.integers(1, 256), pages=st.integers(512, 1 << 24),
+       vga=st.integers(0, 1 << 14), slice_ns=st.integers(1, 10**9))
+def test_guest_and_workload_round_trip_through_json(workload, vcpus, pages, vga, slice_ns):
+    guest = GuestSpec(memory_pages=pages, vcpus=vcpus, vga_pages=vga, slice_ns=slice_ns,
+                      workload=workload)
+    again = GuestSpec.from_dict(json.loads(json.dumps(guest.to_dict())))
+    assert again == guest
+    assert WorkloadSpec.from_dict(workload.to_dict()) == workload
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(shape=st.sampled_from(["tdp", "shadow"]), strategy=st.sampled_from(sorted(STRATEGIES)),
+       budget=st.integers(0, 10**6), tlb=st.integers(1, 4096), spaces=st.integers(1, 64),
+       mapped=st.integers(0, 10**6), shared=st.floats(0.0, 1.0))
+def test_mmu_spec_round_trips(shape, strategy, budget, tlb, spaces, mapped, shared):
+    spec = MmuSpec(shape=shape, strategy=strategy, max_mmu_pages=budget, tlb_entries=tlb,
+                   address_spaces=spaces, mapped_pages=mapped, shared=shared)
+    assert MmuSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_cost_table_round_trips_and_prices_a_flush():
+    costs = CostTable(name="test", spte_visit_ns=0.5, tlb_flush_ns=1000.0,
+                      tlb_flush_per_vcpu_ns=250.0)
+    assert CostTable.from_dict(json.loads(json.dumps(costs.to_dict()))) == costs
+    assert costs.tlb_flush_cost_ns(4) == 2000.0
+    assert set(costs.to_dict()) == {f.name for f in dataclasses.fields(CostTable)}
+
+
+def test_the_shipped_cost_table_prices_every_counted_operation():
+    import pathlib
+    import tomllib
+
+    path = pathlib.Path(__file__).parents[1] / "configs" / "costs" / "kvm-x86.toml"
+    data = tomllib.loads(path.read_text())
+    assert set(data) == {f.name for f in dataclasses.fields(CostTable)}
+    assert CostTable.from_dict(data).name == "kvm-x86"
+
+
+# ------------------------------------------------------------------ determinism
+
+
+def _run(seed: int, shape: str, strategy: str):
+    guest = GuestSpec(memory_pages=8192, workload=WorkloadSpec(kind="hotspot", rate=1e6))
+    mmu = MmuSpec(shape=shape, address_spaces=4, mapped_pages=1024, max_mmu_pages=20)
+    vm = Vm(guest, mmu, CostTable(), seed=seed)
+    vm.prefill()
+    vm.enable_dirty_logging()
+    results = []
+    for _ in range(5):
+        vm.advance(3e6)
+        results.append(vm.sync_dirty_log(strategy))
+    return vm, results
+
+
+def _counters(r: HarvestResult) -> dict:
+    d = dataclasses.asdict(r)
+    d.pop("wall_ns")
+    d["gfns"] = r.gfns.tolist()
+    return d
+
+
+@pytest.mark.parametrize("shape", ["tdp", "shadow"])
+@pytest.mark.parametrize("strategy", ["walk", "rmap", "heuristic"])
+def test_same_seed_same_guest(shape, strategy):
+    a, ra = _run(3, shape, strategy)
+    b, rb = _run(3, shape, strategy)
+    np.testing.assert_array_equal(a.memory.write_count, b.memory.write_count)
+    assert np.array_equal(a.pages, b.pages)
+    assert [_counters(r) for r in ra] == [_counters(r) for r in rb]
+    assert a.stats == b.stats and a.now_ns == b.now_ns
+    c, _ = _run(4, shape, strategy)  # and the seed matters
+    assert not np.array_equal(a.memory.write_count, c.memory.write_count)
+
+
+# ------------------------------------------------------------------ the Vm's contract
+
+
+def test_write_rejects_gfns_outside_guest_memory(make_vm):
+    vm = make_vm("tdp", pages=1024, vga_pages=512, paused=True)
+    assert vm.npages == 1536
+    vm.write(0, np.array([1535]))  # the framebuffer is guest memory too
+    for bad in ([1536], [-1], [3, 10**6]):
+        with pytest.raises(ValueError, match="outside guest memory"):
+            vm.write(0, np.array(bad))
+    assert vm.write(0, np.array([], dtype=np.int64)) == (0, 0)
+
+
+def test_write_reports_write_protect_and_page_faults(make_vm):
+    vm = make_vm("tdp", pages=1024, paused=True)
+    assert vm.write(0, np.array([1, 2, 2, 3])) == (0, 3)  # first touch: page faults
+    assert vm.write(1, np.array([1, 2])) == (0, 0)  # writable now
+    vm.harvest(0, "walk")
+    assert vm.write(1, np.array([1, 2, 4])) == (2, 1)
+
+
+def test_unknown_strategy_at_harvest_is_a_key_error(make_vm):
+    vm = make_vm("tdp", pages=1024, paused=True)
+    with pytest.raises(KeyError):
+        vm.harvest(0, "nope")
+
+
+def test_a_paused_guest_writes_nothing(make_vm):
+    vm = make_vm("tdp", "uniform", pages=1024, rate=1e6, paused=True)
+    writes, now = vm.stats.writes, vm.now_ns  # (the guest ran while logging was enabled)
+    vm.advance(1e8)
+    assert vm.stats.writes == writes and vm.now_ns == now + 1e8
+    vm.resume()
+    vm.advance(1e7)
+    assert vm.stats.writes - writes == pytest.approx(1e4, rel=0.1)
+
+
+def test_pages_carry_their_gfn_and_write_count(make_vm):
+    vm = make_vm("tdp", pages=1024, paused=True)
+    vm.write(0, np.array([7, 9]))
+    vm.write(0, np.array([9]))
+    words = vm.pages.view(np.uint64)
+    assert words[7, :2].tolist() == [7, 1] and words[9, :2].tolist() == [9, 2]
+    assert vm.memory.write_count[[7, 9]].tolist() == [1, 2]
