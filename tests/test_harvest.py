@@ -154,7 +154,7 @@ def expected_walk_ns(costs, r, words, vcpus):
 
 
 def expected_rmap_ns(costs, r, ngfns, words, vcpus):
-    hold = ngfns * costs.rmap_lookup_ns + r.rmap_steps * costs.rmap_step_ns
+    hold = ngfns * 3 * costs.rmap_lookup_ns + r.rmap_steps * costs.rmap_step_ns  # 4K, 2M, 1G
     flush = r.tlb_flushes * (costs.tlb_flush_ns + costs.tlb_flush_per_vcpu_ns * vcpus)
     return (costs.get_dirty_log_ns + words * costs.bitmap_word_ns + hold
             + ngfns * costs.lock_acquire_ns + flush), hold

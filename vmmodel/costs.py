@@ -22,7 +22,7 @@ class CostTable:
     bitmap_word_ns: float = 1.0  # copy and clear one 64-bit word of the dirty bitmap
     shadow_page_visit_ns: float = 20.0  # walk: next entry of active_mmu_pages, slot test
     spte_visit_ns: float = 1.0  # walk: test (and clear) one spte
-    rmap_lookup_ns: float = 10.0  # gfn_to_rmap: find the rmap head of a gfn
+    rmap_lookup_ns: float = 10.0  # __gfn_to_rmap: one rmap head (per gfn and page size)
     rmap_step_ns: float = 5.0  # follow one rmap entry and clear its W bit
     lock_acquire_ns: float = 20.0  # spin_lock + spin_unlock of mmu_lock, uncontended
     tlb_flush_ns: float = 2_000.0  # kvm_flush_remote_tlbs: the requesting side

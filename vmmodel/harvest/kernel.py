@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+KVM_NR_PAGE_SIZES = 3  # arch/x86/include/asm/kvm_host.h (4K, 2M, 1G)
+
 if TYPE_CHECKING:
     from vmmodel.memory import MemSlot
     from vmmodel.vm import Vm
@@ -117,7 +119,9 @@ class KernelWork:
             return False
         flush, steps = self.vm.mmu.rmap_write_protect(gfns)
         c = self.costs
-        hold = len(gfns) * c.rmap_lookup_ns + steps * c.rmap_step_ns
+        # kvm_mmu_rmap_write_protect looks up the gfn's rmap head at every page size
+        # (4K, 2M, 1G: KVM_NR_PAGE_SIZES), whether or not huge pages are in use.
+        hold = len(gfns) * KVM_NR_PAGE_SIZES * c.rmap_lookup_ns + steps * c.rmap_step_ns
         self.counts["rmap_steps"] += steps
         self._elapse(hold + len(gfns) * c.lock_acquire_ns, hold_ns=hold, acquisitions=len(gfns))
         return flush
