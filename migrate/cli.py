@@ -23,7 +23,7 @@ from aiohttp import web
 
 from migrate import units
 from migrate.config import ConfigError, Scenario, load_scenario
-from migrate.dest import make_app
+from migrate.dest import IDLE_TIMEOUT_S, make_app
 from migrate.engine import migrate
 from migrate.malloc import raise_malloc_thresholds
 from migrate.report import Report, RoundRecord
@@ -31,7 +31,7 @@ from migrate.summary import progress_line, summary_table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_LISTEN = "127.0.0.1:7450"
-DEST_START_TIMEOUT_S = 30.0
+DEST_EXIT_GRACE_S = 5.0
 
 
 class UsageError(Exception):
@@ -121,29 +121,52 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 class _DestinationProcess:
-    """A `precopy dest --once` child on a free loopback port."""
+    """A `precopy dest --once` child on a free loopback port.
+
+    It ignores SIGINT: Ctrl-C reaches the whole process group, and the parent
+    alone decides, cancelling the migration (which ends the child) or stopping it.
+    """
 
     def __init__(self, memory_bytes: int) -> None:
         cmd = [sys.executable, "-m", "migrate", "dest", "--listen", "127.0.0.1:0", "--once",
                "--max-memory", str(memory_bytes)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=_ignore_sigint)
+        try:
+            line = self.proc.stdout.readline() if self.proc.stdout else ""
+        except BaseException:  # Ctrl-C while it starts
+            self.stop(grace_s=0)
+            raise
         if "http://" not in line:
             self.stop()
             raise RuntimeError(f"the destination did not start (it printed {line!r})")
         self.url = line[line.index("http://"):].split()[0]
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = DEST_EXIT_GRACE_S) -> None:
+        """Give it `grace_s` to end on its own (it does once the migration ends), then SIGTERM."""
         try:
-            self.proc.wait(timeout=DEST_START_TIMEOUT_S)
+            self.proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             self.proc.terminate()
             self.proc.wait(timeout=5)
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _start_destination(scenario: Scenario) -> _DestinationProcess:
     total = scenario.guest.memory_pages + scenario.guest.vga_pages
     return _DestinationProcess(total * 4096)
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """aiohttp logs a traceback for each malformed request; one line says it (--debug: all)."""
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        record.msg = f"{record.getMessage()}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        record.args, record.exc_info, record.exc_text = None, None, None
+    return True
 
 
 def cmd_dest(args: argparse.Namespace) -> int:
@@ -156,10 +179,16 @@ def cmd_dest(args: argparse.Namespace) -> int:
         max_memory = units.parse_size(args.max_memory)
     except ValueError as err:
         raise UsageError(f"--max-memory: {err}") from None
-    return asyncio.run(_serve(host, port, token, max_memory // 4096, args.once))
+    if not args.idle_timeout > 0:
+        raise UsageError(f"--idle-timeout: {args.idle_timeout:g} is not a positive number")
+    if not args.debug:
+        logging.getLogger("aiohttp.server").addFilter(_one_line)
+    return asyncio.run(_serve(host, port, token, max_memory // 4096, args.once,
+                              idle_timeout_s=args.idle_timeout))
 
 
-async def _serve(host: str, port: int, token: str | None, max_pages: int, once: bool) -> int:
+async def _serve(host: str, port: int, token: str | None, max_pages: int, once: bool, *,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> int:
     stop = asyncio.Event()
     outcome: list[bool] = []
 
@@ -168,7 +197,8 @@ async def _serve(host: str, port: int, token: str | None, max_pages: int, once: 
         if once:
             stop.set()
 
-    app = make_app(max_memory_pages=max_pages, token=token, on_finish=on_finish)
+    app = make_app(max_memory_pages=max_pages, token=token, on_finish=on_finish,
+                   idle_timeout_s=idle_timeout_s)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -181,7 +211,9 @@ async def _serve(host: str, port: int, token: str | None, max_pages: int, once: 
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     print(f"precopy dest: listening on http://{shown}:{bound[1]}", flush=True)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGINT ignored at start (the child of `precopy run`) stays ignored, as is the custom.
+    interrupt = signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+    for sig in (signal.SIGINT, signal.SIGTERM) if interrupt else (signal.SIGTERM,):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
@@ -191,13 +223,44 @@ async def _serve(host: str, port: int, token: str | None, max_pages: int, once: 
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    options = {}
     if args.what == "mmu":
         from migrate.bench import mmu as bench
+    elif args.what == "wire":
+        from migrate.bench import wire as bench
     else:
         raise UsageError(f"bench: unknown benchmark {args.what!r}")
-    result = bench.run(quick=args.quick)
+    if args.size is not None:
+        if args.what != "wire":
+            raise UsageError("--size: only for bench wire")
+        try:
+            options["size"] = bench.parse_size(args.size)
+        except ValueError as err:
+            raise UsageError(f"--size: {err}") from None
+    result = bench.run(quick=args.quick, **options)
     print(json.dumps(result, indent=2) if args.json else bench.format_table(result))
     return EXIT_OK
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from migrate.experiments import ExperimentError
+    from migrate.experiments.runner import run_sweep
+
+    try:
+        return run_sweep(args.sweep, args.out, jobs=args.jobs, limit=args.limit,
+                         dry_run=args.dry_run, point_timeout_s=args.point_timeout)
+    except (ConfigError, ExperimentError) as err:
+        raise UsageError(str(err)) from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from migrate.experiments import ExperimentError
+    from migrate.experiments.report import run_report
+
+    try:
+        return run_report(args.folder, plots=not args.no_plots, x_axis=args.x)
+    except ExperimentError as err:
+        raise UsageError(str(err)) from None
 
 
 # ---------------------------------------------------------------- parser
@@ -236,16 +299,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"address to listen on; port 0 picks a free one (default {DEFAULT_LISTEN})")
     p.add_argument("--once", action="store_true",
                    help="exit after one migration: 0 only if it completed and verified")
+    p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S, metavar="SECONDS",
+                   help="discard a migration whose source sends nothing for this long "
+                        f"(default {IDLE_TIMEOUT_S:g})")
     p.add_argument("--max-memory", default="64GiB", metavar="SIZE",
                    help="refuse guests larger than this (default 64GiB)")
     p.add_argument("--token", help="require this token (default: $PRECOPY_TOKEN)")
     p.set_defaults(func=cmd_dest)
 
     p = sub.add_parser("bench", help="measure the emulator itself")
-    p.add_argument("what", choices=["mmu"], help="which benchmark")
+    p.add_argument("what", choices=["mmu", "wire"], help="which benchmark")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    p.add_argument("--size", metavar="SIZE",
+                   help="wire: guest memory moved per pass (default 1GiB; --quick 16MiB)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("sweep", help="run many migrations: a grid and/or comparisons (resumable)")
+    p.add_argument("sweep", type=Path, help="sweep TOML, e.g. configs/sweeps/dirty-rate.toml")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="results folder (default: results/<sweep name>); a rerun resumes it")
+    p.add_argument("--jobs", "-j", type=int, metavar="N",
+                   help="points run at once (default: the number of cores)")
+    p.add_argument("--limit", type=int, metavar="N", help="run at most N new points, then stop")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every point's scenario and list the points; run nothing")
+    p.add_argument("--point-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="stop a point that has no result after this long (default 1800)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="tables, summary.csv and plots of a sweep's results")
+    p.add_argument("folder", type=Path, help="a sweep's results folder")
+    p.add_argument("--no-plots", action="store_true", help="only the table and summary.csv")
+    p.add_argument("--x", metavar="AXIS",
+                   help="x axis of the downtime plot (default: the workload rate, if varied)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -259,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"precopy: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C before a migration started: nothing to report
+        print("precopy: interrupted", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

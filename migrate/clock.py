@@ -5,8 +5,9 @@
   round trip is waited for. Nothing sleeps, so a run is as fast as the data
   path and its results do not depend on the machine.
 - WallClock: real time (monotonic). Sends are held to the bandwidth as QEMU's
-  rate limiter does (a budget of bandwidth/10 per 100 ms window); modeled
-  kernel time is slept, so the guest and the kernel stay in step.
+  rate limiter does (a budget of bandwidth/10 per 100 ms window), shared by
+  parallel channels; modeled kernel time is slept, so the guest and the
+  kernel stay in step.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class VirtualClock:
         self._now += ns
 
     async def transfer(self, nbytes: int) -> None:
+        # Never suspends: parallel channels' calls queue on one timeline, so B bytes take
+        # B / bandwidth however many channels carry them (they share the link).
         self._now += nbytes * NS_PER_S / self.bandwidth_bps
 
 
@@ -62,8 +65,7 @@ class WallClock:
             raise ValueError("bandwidth must be positive")
         self.bandwidth_bps = bandwidth_bps
         self._start = time.monotonic_ns()
-        self._window_start = 0.0
-        self._window_bytes = 0
+        self._booked_until = 0.0  # when the link has carried every byte handed to it so far
 
     @property
     def now_ns(self) -> float:
@@ -75,17 +77,15 @@ class WallClock:
         await asyncio.sleep(ns / NS_PER_S)
 
     async def transfer(self, nbytes: int) -> None:
+        # QEMU's limit (a window's budget of bandwidth/10 per 100 ms, the excess carried over)
+        # as one timeline of bookings: each call books its bytes after those already booked,
+        # before it can suspend, so parallel channels share the budget instead of each
+        # spending it; a call waits once the bookings run more than a window ahead.
         now = self.now_ns
-        if now - self._window_start >= RATE_LIMIT_WINDOW_NS:
-            self._window_start, self._window_bytes = now, 0
-        self._window_bytes += nbytes
-        budget = self.bandwidth_bps * RATE_LIMIT_WINDOW_NS / NS_PER_S
-        if self._window_bytes >= budget:
-            # Over this window's budget: wait for the next window, as migration_rate_limit does,
-            # and carry the excess into it so the average holds to the limit.
-            await asyncio.sleep((self._window_start + RATE_LIMIT_WINDOW_NS - now) / NS_PER_S)
-            self._window_start = self.now_ns
-            self._window_bytes -= budget
+        self._booked_until = max(self._booked_until, now) + nbytes * NS_PER_S / self.bandwidth_bps
+        ahead_ns = self._booked_until - now - RATE_LIMIT_WINDOW_NS
+        if ahead_ns > 0:
+            await asyncio.sleep(ahead_ns / NS_PER_S)
 
 
 def make_clock(kind: str, bandwidth_bps: float) -> Clock:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migrate import units
+from migrate import units, wire
 from vmmodel.costs import CostTable
 from vmmodel.spec import (
     MMU_SHAPES,
@@ -37,6 +37,7 @@ COSTS_DIR = CONFIGS_DIR / "costs"
 KNOWN_STRATEGIES = ("walk", "rmap", "heuristic", "rmap-noflush", "protect-before-take")
 CLOCKS = ("virtual", "wall")
 NO_CONVERGENCE_POLICIES = ("force", "cancel")
+COMPRESSIONS = ("none", "lz4")
 MAX_BATCH_PAGES = 4096
 HUGE_PAGE_SIZE = 2 * 1024 * 1024  # guest RAM comes in whole 2 MiB pages
 
@@ -177,6 +178,8 @@ class MigrationParams:
     max_time_ns: int = 120_000_000_000
     on_no_convergence: str = "force"
     batch_pages: int = 256
+    compression: str = "none"
+    channels: int = 1
 
     def __post_init__(self) -> None:
         _check_positive("migration.downtime-limit", self.downtime_limit_ns, units.format_ns)
@@ -189,6 +192,10 @@ class MigrationParams:
                 f"is not one of {', '.join(NO_CONVERGENCE_POLICIES)}"
             )
         _check_range("migration.batch-pages", self.batch_pages, 1, MAX_BATCH_PAGES)
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(f"config: migration.compression: {self.compression!r} "
+                              f"is not one of {', '.join(COMPRESSIONS)}")
+        _check_range("migration.channels", self.channels, 1, wire.MAX_CHANNELS)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -198,6 +205,8 @@ class MigrationParams:
             "max-time": units.format_ns(self.max_time_ns),
             "on-no-convergence": self.on_no_convergence,
             "batch-pages": self.batch_pages,
+            "compression": self.compression,
+            "channels": self.channels,
         }
 
     @classmethod
@@ -220,6 +229,8 @@ class MigrationParams:
                 "on-no-convergence", NO_CONVERGENCE_POLICIES, d.on_no_convergence
             ),
             batch_pages=t.integer("batch-pages", d.batch_pages),
+            compression=t.choice("compression", COMPRESSIONS, d.compression),
+            channels=t.integer("channels", d.channels),
         )
 
 

@@ -17,19 +17,26 @@ the migration concerned is discarded, so no guest resumes after an error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from migrate import wire
+from migrate.channel import PassStream, serve_upgraded, wants_upgrade
 from migrate.errors import (
+    MalformedBody,
     ProtocolError,
-    TruncatedMessage,
+    SourceTimeout,
     Unauthorized,
     UnexpectedMessage,
+    UnknownMigration,
     to_json,
 )
 from migrate.receiver import Incoming, Receiver
@@ -41,6 +48,7 @@ TOKEN = web.AppKey("token", str)
 ON_FINISH = web.AppKey("on_finish", object)
 MAX_BATCH_BODY = 64 << 20  # a 4096-page batch is 16 MiB; anything past this is an attack
 HELLO_MAX_BODY = 1 << 20
+IDLE_TIMEOUT_S = 60.0  # a source silent this long is gone: its migration is discarded
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -50,14 +58,18 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ProtocolError as err:
-        log.warning("%s %s: %s: %s", request.method, request.path, err.code, err)
-        _discard(request, f"{err.code}: {err}")
+        _refuse(request, f"{err.code}: {err}")
+        return web.json_response(to_json(err), status=err.status)
+    except HttpProcessingError as err:  # aiohttp could not parse the body's HTTP framing
+        err = MalformedBody(err.message)
+        _refuse(request, f"{err.code}: {err}")
         return web.json_response(to_json(err), status=err.status)
     except (ConnectionError, asyncio.IncompleteReadError) as err:
-        _discard(request, f"connection lost: {err!r}")
-        raise
+        _refuse(request, f"connection lost: {err!r}")
+        # Nobody is left to read it; answering keeps aiohttp from logging a traceback.
+        return web.json_response({"error": "connection-lost", "detail": repr(err)}, status=400)
     except asyncio.CancelledError:
-        _discard(request, "request cancelled (peer gone)")
+        _refuse(request, "request cancelled (the server is shutting down)")
         raise
     except web.HTTPException:
         raise
@@ -67,15 +79,28 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return web.json_response({"error": "internal-error", "detail": repr(err)}, status=500)
 
 
-def _discard(request: web.Request, why: str) -> None:
-    receiver = request.app[RECEIVER]
-    migration_id = request.match_info.get("id")
-    current = receiver.current
-    if current is not None and (migration_id is None or migration_id == current.id):
-        if request.method == "POST" and request.path == "/migrations":
-            return  # a refused hello does not touch the migration in progress
-        receiver.finish(current, ok=False, why=why)
-        _notify(request.app, ok=False)
+def _refuse(request: web.Request, why: str) -> None:
+    """One log line per refusal: the discard's, if the request named the migration in progress."""
+    why = f"{request.method} {request.path}: {why}"
+    if not _discard(request, why):
+        log.warning("%s", why)
+
+
+def _current_named(request: web.Request) -> Incoming | None:
+    """The migration in progress, if this request names it (a hello names none)."""
+    current = request.app[RECEIVER].current
+    if current is not None and request.match_info.get("id") == current.id:
+        return current
+    return None
+
+
+def _discard(request: web.Request, why: str) -> bool:
+    """Discard the migration in progress if the request names it; return whether it did."""
+    current = _current_named(request)
+    if current is None or not request.app[RECEIVER].finish(current, ok=False, why=why):
+        return False
+    _notify(request.app, ok=False)
+    return True
 
 
 def _notify(app: web.Application, *, ok: bool) -> None:
@@ -91,28 +116,129 @@ async def token_middleware(request: web.Request, handler: Handler) -> web.Stream
         given = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if not hmac.compare_digest(given.encode(), expected.encode()):
             err = Unauthorized("missing or wrong token")
-            return web.json_response(to_json(err), status=err.status)
+            log.warning("%s %s: %s: %s", request.method, request.path, err.code, err)
+            return web.json_response(to_json(err), status=err.status,
+                                     headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
 
 
-async def _read_all_frames(request: web.Request, max_body: int) -> list[tuple[wire.Header, bytes]]:
-    frames = []
-    async for frame in wire.read_frames(request.content, max_body=max_body):
-        frames.append(frame)
+@dataclass
+class _Watched:
+    """A request in flight for the migration in progress, and when its body last moved."""
+
+    request: web.Request
+    total_bytes: int
+    since: float
+    stalled: SourceTimeout | None = None
+
+
+class Watchdog:
+    """Discard the migration in progress when its source falls silent (killed, stopped, gone).
+
+    A request of that migration whose body brings no byte for `idle_s` has
+    its connection aborted and fails with `SourceTimeout`; with no request of
+    it in flight, the migration is discarded `idle_s` after the last one
+    ended (or after its hello).
+    """
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.inflight: dict[int, _Watched] = {}
+        self.last_seen = 0.0
+
+    def enter(self, request: web.Request) -> None:
+        self.inflight[id(request)] = _Watched(request, request.content.total_bytes,
+                                              time.monotonic())
+
+    def leave(self, request: web.Request) -> None:
+        self.last_seen = time.monotonic()
+        del self.inflight[id(request)]
+
+    def stalled(self, request: web.Request) -> SourceTimeout | None:
+        """Why the request's connection was cut off, if the watchdog did it."""
+        return self.inflight[id(request)].stalled
+
+    def check(self, app: web.Application) -> None:
+        now = time.monotonic()
+        for watched in self.inflight.values():
+            content, transport = watched.request.content, watched.request.transport
+            if content.total_bytes != watched.total_bytes:
+                watched.total_bytes, watched.since = content.total_bytes, now
+            elif (not content.is_eof() and now - watched.since > self.idle_s
+                  and watched.stalled is None and transport is not None):
+                # Aborting wakes the handler with a ConnectionError; leave() names the cause.
+                watched.stalled = SourceTimeout(f"no bytes from the source for {self.idle_s:g} s")
+                transport.abort()
+        receiver = app[RECEIVER]
+        current = receiver.current
+        if current is None or self.inflight:
+            return
+        if now - max(self.last_seen, current.started) > self.idle_s:
+            receiver.finish(current, ok=False,
+                            why=f"no request from the source for {self.idle_s:g} s")
+            _notify(app, ok=False)
+
+
+WATCHDOG = web.AppKey("watchdog", Watchdog)
+
+
+@web.middleware
+async def watch_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if _current_named(request) is None:
+        return await handler(request)
+    watchdog = request.app[WATCHDOG]
+    watchdog.enter(request)
+    try:
+        return await handler(request)
+    except (ConnectionError, asyncio.IncompleteReadError):
+        stalled = watchdog.stalled(request)
+        if stalled is None:
+            raise
+        raise stalled from None
+    finally:
+        watchdog.leave(request)
+
+
+async def _run_watchdog(app: web.Application) -> AsyncIterator[None]:
+    watchdog = app[WATCHDOG]
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(min(1.0, watchdog.idle_s / 4))
+            watchdog.check(app)
+
+    task = asyncio.create_task(tick())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _read_expected(
+    request: web.Request, max_body: int, types: list[wire.MsgType]
+) -> list[tuple[wire.Header, bytes]]:
+    """Read exactly the frames `types`, in order; refuse any other as soon as its header shows,
+    so a body never holds more than len(types) frames in memory."""
+    frames: list[tuple[wire.Header, bytes]] = []
+    got: list[wire.MsgType] = []
+
+    def refuse() -> UnexpectedMessage:
+        names = ", ".join(t.name for t in types)
+        seen = ", ".join(t.name for t in got) or "nothing"
+        return UnexpectedMessage(f"expected {names}; got {seen}")
+
+    async for header, body in wire.read_frames(request.content, max_body=max_body):
+        got.append(header.type)
+        if len(frames) == len(types) or header.type != types[len(frames)]:
+            raise refuse()
+        frames.append((header, body))
+    if len(frames) != len(types):
+        raise refuse()
     return frames
 
 
-def _expect(frames: list, types: list[wire.MsgType]) -> None:
-    got = [h.type for h, _ in frames]
-    if got != types:
-        names = ", ".join(t.name for t in types)
-        seen = ", ".join(t.name for t in got) or "nothing"
-        raise UnexpectedMessage(f"expected {names}; got {seen}")
-
-
 async def post_hello(request: web.Request) -> web.Response:
-    frames = await _read_all_frames(request, HELLO_MAX_BODY)
-    _expect(frames, [wire.MsgType.HELLO])
+    frames = await _read_expected(request, HELLO_MAX_BODY, [wire.MsgType.HELLO])
     incoming = request.app[RECEIVER].hello(wire.decode_control(*frames[0]))
     return web.json_response({"id": incoming.id}, status=201)
 
@@ -124,60 +250,48 @@ def _pass_number(request: web.Request) -> int:
     return int(text)
 
 
-async def post_pass(request: web.Request) -> web.Response:
+async def post_pass(request: web.Request) -> web.StreamResponse:
+    """One channel's stream of one pass: a chunked body, or an upgraded connection."""
     receiver = request.app[RECEIVER]
     incoming = receiver.get(request.match_info["id"])
     pass_no = _pass_number(request)
     receiver.check_pass(incoming, pass_no)
+    stream = PassStream(receiver, incoming, pass_no, max_body=MAX_BATCH_BODY)
     incoming.streams += 1
     try:
-        pages, nbytes = await _receive_stream(receiver, incoming, request, pass_no)
+        if wants_upgrade(request):
+            return await serve_upgraded(request, stream, idle_s=request.app[WATCHDOG].idle_s,
+                                        refuse=lambda why: _refuse(request, why))
+        async for header, body in wire.read_frames(request.content, max_body=MAX_BATCH_BODY):
+            stream.frame(header, body)
+        return web.json_response(stream.close())
     finally:
         incoming.streams -= 1
-    return web.json_response({"pass": pass_no, "pages": pages, "bytes": nbytes})
-
-
-async def _receive_stream(
-    receiver: Receiver, incoming: Incoming, request: web.Request, pass_no: int
-) -> tuple[int, int]:
-    pages = nbytes = 0
-    ended = False
-    async for header, body in wire.read_frames(request.content, max_body=MAX_BATCH_BODY):
-        if ended:
-            raise UnexpectedMessage("a frame after END_OF_PASS")
-        if header.pass_no != pass_no:
-            raise UnexpectedMessage(
-                f"frame of pass {header.pass_no} in the stream of pass {pass_no}"
-            )
-        nbytes += wire.HEADER_SIZE + len(body)
-        if header.type == wire.MsgType.PAGES:
-            batch = wire.decode_pages(header, body, max_gfn=incoming.npages)
-            receiver.apply(incoming, batch)
-            pages += len(batch.gfns)
-        elif header.type == wire.MsgType.END_OF_PASS:
-            wire.decode_control(header, body)
-            ended = True
-        else:
-            raise UnexpectedMessage(f"{header.type.name} in a page stream")
-    if not ended:
-        raise TruncatedMessage(f"stream of pass {pass_no} ended without END_OF_PASS")
-    receiver.end_pass(incoming, pass_no)
-    incoming.bytes_received += nbytes
-    return pages, nbytes
 
 
 async def post_complete(request: web.Request) -> web.Response:
     receiver = request.app[RECEIVER]
     incoming = receiver.get(request.match_info["id"])
     max_body = max(MAX_BATCH_BODY, 8 * incoming.npages)
-    frames = await _read_all_frames(request, max_body)
-    _expect(frames, [wire.MsgType.DEVICE_STATE, wire.MsgType.PAGE_DIGESTS, wire.MsgType.COMPLETE])
+    types = [wire.MsgType.DEVICE_STATE, wire.MsgType.PAGE_DIGESTS, wire.MsgType.COMPLETE]
+    frames = await _read_expected(request, max_body, types)
     device_state = wire.decode_device_state(*frames[0])
     digests = wire.decode_digests(*frames[1], npages=incoming.npages)
     wire.decode_control(*frames[2])
+    receiver.begin_complete(incoming)
     # Digesting all of memory is heavy numpy work: keep the event loop free meanwhile.
     result = await asyncio.to_thread(receiver.verify, incoming, device_state, digests)
-    _notify(request.app, ok=result["verified"])
+    if receiver.current is not incoming:  # a DELETE, or the watchdog, came first
+        raise UnknownMigration(f"migration {incoming.id} was discarded while it was verified")
+    verified = result["verified"]
+    if verified and (request.transport is None or request.transport.is_closing()):
+        # The source gave up waiting and resumes its guest: never run a second copy here.
+        verified = False
+        why = "verified, but the source left before it could hear RESUMED"
+    else:
+        why = "resumed" if verified else f"{len(result['lost-gfns'])} pages differ from the source"
+    receiver.finish(incoming, ok=verified, why=why)
+    _notify(request.app, ok=verified)
     return web.json_response(result)
 
 
@@ -198,13 +312,17 @@ def make_app(
     max_memory_pages: int,
     token: str | None = None,
     on_finish: Callable[[bool], Any] | None = None,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
 ) -> web.Application:
-    """Build the destination application. `on_finish(ok)` is called after each migration."""
+    """Build the destination application. `on_finish(ok)` is called after each migration;
+    a source silent for `idle_timeout_s` loses its migration."""
     app = web.Application(
-        middlewares=[token_middleware, errors_middleware],
+        middlewares=[token_middleware, errors_middleware, watch_middleware],
         client_max_size=HELLO_MAX_BODY,
     )
     app[RECEIVER] = Receiver(max_memory_pages=max_memory_pages)
+    app[WATCHDOG] = Watchdog(idle_timeout_s)
+    app.cleanup_ctx.append(_run_watchdog)
     if token:
         app[TOKEN] = token
     if on_finish is not None:

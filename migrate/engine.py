@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 
 import numpy as np
 
-from migrate import wire
+from migrate import datapath, wire
 from migrate.clock import NS_PER_S, make_clock
 from migrate.config import Scenario
+from migrate.datapath import PassTraffic
 from migrate.digest import page_digests
 from migrate.errors import ProtocolError
 from migrate.policy import Decision, PassFigures, decide
@@ -33,16 +34,6 @@ DEVICE_STATE_PER_VCPU = 4096  # registers, LAPIC, MSRs: a few KiB per vCPU in QE
 
 class MigrationCancelled(Exception):
     """Cancelled by the user or by the on-no-convergence policy; the guest stays here."""
-
-
-@dataclass
-class PassTraffic:
-    pages: int = 0
-    zero: int = 0
-    normal: int = 0
-    bytes: int = 0
-    compressed_bytes: int = 0
-    send_ns: float = 0.0
 
 
 class Source:
@@ -60,7 +51,7 @@ class Source:
         self.ram = self.report.ram
         self.ram.total = self.vm.npages * PAGE_SIZE
         self.migration_id: str | None = None
-        self._gather = np.empty((scenario.migration.batch_pages, PAGE_SIZE), dtype=np.uint8)
+        self._lz4_raw_bytes = 0  # NORMAL-page bytes that lz4 shrank, before lz4
         self._last_sync_ns = 0.0
         self._verify_wall_ns = 0.0
 
@@ -89,6 +80,9 @@ class Source:
             await self._abort("cancelled", str(err) or "cancelled by the user")
         except (DestinationError, ProtocolError, OSError) as err:
             await self._abort("failed", str(err))
+        except Exception as err:  # a bug of ours: still, the guest stays here, running
+            log.debug("migration failed on an internal error", exc_info=True)
+            await self._abort("failed", f"internal error: {err!r}")
         self.report.wall_time_s = time.perf_counter() - wall_start
         self.report.guest = self._guest_totals()
         return self.report
@@ -216,39 +210,23 @@ class Source:
     # ------------------------------------------------------------------ data path
 
     async def send_pages(self, pass_no: int, gfns: np.ndarray) -> PassTraffic:
-        """Stream `gfns` in batches, each read from guest memory just before it is sent."""
-        traffic = PassTraffic()
-        batch_pages = self.scenario.migration.batch_pages
-
-        async def frames() -> AsyncIterator[bytes | memoryview]:
-            for start in range(0, len(gfns), batch_pages):
-                self.vm.advance_to(self.clock.now_ns)
-                batch = gfns[start : start + batch_pages]
-                pages = wire.gather_pages(self.vm.pages, batch, out=self._gather)
-                frame = wire.encode_pages(pass_no, batch, pages)
-                for part in frame.parts:
-                    yield part
-                await self.clock.transfer(frame.nbytes)
-                traffic.pages += frame.n_pages
-                traffic.zero += frame.n_zero
-                traffic.normal += frame.n_normal
-                traffic.bytes += frame.nbytes
-            end = wire.encode_control(wire.MsgType.END_OF_PASS, pass_no, {"pages": len(gfns)})
-            traffic.bytes += len(end)
-            yield end
-
-        started = self.clock.now_ns
-        answer = await self.client.send_pass(self.migration_id, pass_no, frames())
-        # Bandwidth is what the pass achieved end to end (wall clock: socket and rate limit).
-        traffic.send_ns = self.clock.now_ns - started
-        if answer.get("pages") != len(gfns):
-            raise DestinationError(f"pass {pass_no}: destination stored {answer.get('pages')} "
-                                   f"pages, {len(gfns)} were sent")
+        """Send `gfns` over the page channels, each batch read from guest memory as it goes out."""
+        m = self.scenario.migration
+        traffic = await datapath.send_pass(
+            self.client, self.migration_id, pass_no, gfns, memory=self.vm.pages,
+            clock=self.clock, batch_pages=m.batch_pages, channels=m.channels,
+            compress=m.compression == "lz4",
+            before_read=lambda: self.vm.advance_to(self.clock.now_ns),
+        )
         await self.clock.elapse(self.scenario.link.latency_ns)  # the last byte's flight
         self.ram.transferred += traffic.bytes
         self.ram.duplicate += traffic.zero
         self.ram.normal += traffic.normal
         self.ram.normal_bytes += traffic.normal * PAGE_SIZE
+        self.ram.compressed_bytes += traffic.compressed_bytes
+        self._lz4_raw_bytes += traffic.compressed_raw_bytes
+        wire_bytes = self.ram.normal_bytes - self._lz4_raw_bytes + self.ram.compressed_bytes
+        self.ram.compression_ratio = self.ram.normal_bytes / wire_bytes if wire_bytes else 1.0
         return traffic
 
     def _device_state(self) -> bytes:

@@ -147,3 +147,16 @@ class UnknownMigration(ProtocolError):
 
     status = 404
     code = "unknown-migration"
+
+
+class SourceTimeout(ProtocolError):
+    """Raised when a request body stops arriving: the source is stopped, stalled or gone."""
+
+    status = 408
+    code = "source-timeout"
+
+
+class MalformedBody(ProtocolError):
+    """Raised when aiohttp cannot parse a request body's HTTP framing (chunked encoding)."""
+
+    code = "malformed-body"

@@ -40,11 +40,15 @@ class Incoming:
     hello: dict[str, Any]
     memory: np.ndarray
     page_pass: np.ndarray  # the pass each page's content came from (0: never received)
+    zero: np.ndarray  # whether each page is known to hold zeros (never received, or ZERO)
     passes_ended: int = 0
+    # Passes that some of their channels have ended: pass -> (channels, those that ended).
+    ending: dict[int, tuple[int, set[int]]] = field(default_factory=dict)
     pages_received: int = 0
     zero_pages: int = 0
     bytes_received: int = 0
     streams: int = 0  # page streams open now
+    completing: bool = False  # COMPLETE received: no more pages, no second COMPLETE
     started: float = field(default_factory=time.monotonic)
 
 
@@ -82,6 +86,7 @@ class Receiver:
             hello=info,
             memory=np.zeros((npages, wire.PAGE_SIZE), dtype=np.uint8),
             page_pass=np.zeros(npages, dtype=np.uint32),
+            zero=np.ones(npages, dtype=bool),
         )
         self.current = incoming
         log.info("migration %s: receiving %d pages", incoming.id, npages)
@@ -93,35 +98,88 @@ class Receiver:
         return self.current
 
     def check_pass(self, incoming: Incoming, pass_no: int) -> None:
-        """A stream may carry the current pass or a new one, never one already ended."""
+        """A stream may carry the current pass or a new one, never one already ended.
+
+        Raise `UnexpectedMessage` once COMPLETE has been received, `PassOutOfOrder`
+        for a pass already ended.
+        """
+        if incoming.completing:
+            raise UnexpectedMessage(f"pass {pass_no} after COMPLETE")
         if pass_no <= incoming.passes_ended:
             raise PassOutOfOrder(
                 f"pass {pass_no} already ended (last ended: {incoming.passes_ended})"
             )
 
     def apply(self, incoming: Incoming, batch: wire.PageBatch) -> None:
-        """Store a decoded batch, keeping for each page the content of the latest pass."""
+        """Store a decoded batch, keeping for each page the content of the latest pass.
+
+        A page already holding a later pass's content keeps it, so batches of
+        two passes racing on parallel channels leave the later version in
+        whatever order they arrive. A ZERO page is written only if the page
+        may hold something else (the image starts zeroed).
+        """
         self.check_pass(incoming, batch.pass_no)
-        for gfns, content in ((batch.normal_gfns, batch.pages), (batch.zero_gfns, None)):
+        gfns, content = batch.normal_gfns, batch.pages
+        if len(gfns):
+            newer = incoming.page_pass[gfns] <= batch.pass_no
+            if not newer.all():
+                gfns, content = gfns[newer], content[newer]
+            _store(incoming.memory, gfns, content)
+            incoming.page_pass[gfns] = batch.pass_no
+            incoming.zero[gfns] = False
+        gfns = batch.zero_gfns
+        if len(gfns):
             newer = incoming.page_pass[gfns] <= batch.pass_no
             if not newer.all():
                 gfns = gfns[newer]
-                content = None if content is None else content[newer]
-            if content is None:
-                incoming.memory[gfns] = 0
-            else:
-                incoming.memory[gfns] = content
+            stale = gfns[~incoming.zero[gfns]]
+            if len(stale):
+                incoming.memory[stale] = 0
             incoming.page_pass[gfns] = batch.pass_no
+            incoming.zero[gfns] = True
         incoming.pages_received += len(batch.gfns)
         incoming.zero_pages += len(batch.zero_gfns)
 
-    def end_pass(self, incoming: Incoming, pass_no: int) -> None:
+    def end_pass(self, incoming: Incoming, pass_no: int, *, channel: int = 0,
+                 channels: int = 1) -> None:
+        """Count `channel` (of `channels`) done with `pass_no`; the pass ends once all are.
+
+        Raise `BadControlMessage` if the pass's channels disagree on how many
+        they are, `UnexpectedMessage` for a channel that ends the pass twice,
+        `PassOutOfOrder` for a pass already ended, or one that ends while an
+        earlier pass still waits for some of its channels.
+        """
+        self.check_pass(incoming, pass_no)
+        expected, done = incoming.ending.setdefault(pass_no, (channels, set()))
+        if channels != expected:
+            raise BadControlMessage(f"END_OF_PASS of pass {pass_no} says {channels} channels; "
+                                    f"another channel said {expected}")
+        if channel in done:
+            raise UnexpectedMessage(f"channel {channel} ended pass {pass_no} twice")
+        done.add(channel)
+        if len(done) < expected:
+            return
+        del incoming.ending[pass_no]
+        if any(p < pass_no for p in incoming.ending):
+            raise PassOutOfOrder(f"pass {pass_no} ended while pass {min(incoming.ending)} "
+                                 "still waits for some of its channels")
         incoming.passes_ended = max(incoming.passes_ended, pass_no)
 
-    def verify(self, incoming: Incoming, device_state: bytes, source: np.ndarray) -> dict[str, Any]:
-        """Compare every page with the source's digest at pause; resume only if all match."""
+    def begin_complete(self, incoming: Incoming) -> None:
+        """Take COMPLETE: from now on the image is frozen. Raise `UnexpectedMessage` for a
+        second COMPLETE, or while page streams are still open."""
+        if incoming.completing:
+            raise UnexpectedMessage("a second COMPLETE")
         if incoming.streams:
             raise UnexpectedMessage("COMPLETE while page streams are still open")
+        incoming.completing = True
+
+    def verify(self, incoming: Incoming, device_state: bytes, source: np.ndarray) -> dict[str, Any]:
+        """Compare every page with the source's digest at pause.
+
+        The caller resumes (`finish(ok=True)`) only if all match and the source
+        is still there to hear it.
+        """
         started = time.perf_counter()
         mine = page_digests(incoming.memory)
         lost = diff_pages(source, mine)
@@ -135,14 +193,15 @@ class Receiver:
             "device-state-bytes": len(device_state),
             "verify-ms": (time.perf_counter() - started) * 1e3,
         }
-        self.finish(incoming, ok=verified,
-                    why="resumed" if verified else f"{len(lost)} pages differ from the source")
         return result
 
-    def finish(self, incoming: Incoming, *, ok: bool, why: str) -> None:
-        """End this migration: on failure the partial image is discarded."""
+    def finish(self, incoming: Incoming, *, ok: bool, why: str) -> bool:
+        """End this migration: on failure the partial image is discarded.
+
+        Return False if it had already ended (discarded meanwhile).
+        """
         if self.current is not incoming:
-            return
+            return False
         self.current = None
         if ok:
             self.completed += 1
@@ -150,12 +209,26 @@ class Receiver:
         else:
             self.failed += 1
             log.warning("migration %s: discarded (%s)", incoming.id, why)
+        return True
 
     def status(self) -> dict[str, Any]:
         current = self.current
         return {
             "busy": current is not None,
             "migration": None if current is None else current.id,
+            "streams": 0 if current is None else current.streams,
+            "pages-received": 0 if current is None else current.pages_received,
             "completed": self.completed,
             "failed": self.failed,
         }
+
+
+def _store(memory: np.ndarray, gfns: np.ndarray, content: np.ndarray) -> None:
+    """``memory[gfns] = content``; one memcpy when *gfns* are consecutive (a first pass)."""
+    if not len(gfns):
+        return
+    first = int(gfns[0])
+    if int(gfns[-1]) - first == len(gfns) - 1 and bool((np.diff(gfns) == 1).all()):
+        memory[first : first + len(gfns)] = content
+    else:
+        memory[gfns] = content

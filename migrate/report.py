@@ -44,6 +44,7 @@ class RamStats(Record):
     normal: int = 0
     normal_bytes: int = 0
     compressed_bytes: int = 0  # payload bytes after lz4, for the batches it shrank
+    compression_ratio: float = 1.0  # normal pages' bytes / their bytes on the wire (lz4)
     dirty_pages_rate: float = 0.0  # distinct pages dirtied per second, last pass
     dirty_sync_count: int = 0
     mbps: float = 0.0  # the last pass's bandwidth, in Mbit/s

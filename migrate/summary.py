@@ -43,7 +43,9 @@ def summary_table(report: Report) -> str:
         f"(expected {report.expected_downtime_ms:,.1f} ms)",
         f"transferred      {ram.transferred / MIB:,.1f} MiB: {ram.normal:,} normal pages, "
         f"{ram.duplicate:,} zero pages; precopy {ram.precopy_bytes / MIB:,.1f} MiB, "
-        f"downtime {ram.downtime_bytes / MIB:,.1f} MiB",
+        f"downtime {ram.downtime_bytes / MIB:,.1f} MiB"
+        + (f"; lz4 {ram.compression_ratio:.2f}x, {ram.compressed_bytes / MIB:,.1f} MiB "
+           "compressed" if ram.compressed_bytes else ""),
         f"dirty-sync-count {ram.dirty_sync_count}, last pass {ram.mbps:,.1f} Mbit/s, "
         f"dirty rate {ram.dirty_pages_rate:,.0f} pages/s",
         f"guest            {report.guest.get('writes', 0):,} writes, "

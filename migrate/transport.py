@@ -7,6 +7,7 @@ Refusals come back as `DestinationError` with the destination's error code.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,8 @@ import aiohttp
 import numpy as np
 
 from migrate import wire
+
+BODY_PIECE = 1 << 20  # a body is written in pieces of at most this, each within the timeout
 
 
 class DestinationError(Exception):
@@ -28,6 +31,8 @@ class DestinationError(Exception):
 class DestinationClient:
     def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 30.0):
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.token = token  # page channels (migrate.channel) send it themselves
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # sock_read bounds how long a stalled destination can keep us waiting.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
@@ -44,8 +49,12 @@ class DestinationClient:
 
     async def _request(self, method: str, path: str, data: Any = None) -> dict[str, Any]:
         url = f"{self.base_url}{path}"
+        guard = _WriteGuard(self.timeout_s)
         try:
-            async with self._session.request(method, url, data=data) as resp:
+            async with (
+                asyncio.timeout(None) as guard.deadline,
+                self._session.request(method, url, data=guard.body(data)) as resp,
+            ):
                 try:
                     body = await resp.json(content_type=None)
                 except ValueError:
@@ -59,10 +68,13 @@ class DestinationClient:
                         code=code,
                     )
                 return body
+        except TimeoutError as err:  # ours, or aiohttp's connect and sock_read timeouts
+            what = "took no data" if guard.writing else "did not answer"
+            raise DestinationError(
+                f"{method} {path}: the destination {what} for {self.timeout_s:g} s"
+            ) from err
         except aiohttp.ClientError as err:
             raise DestinationError(f"{method} {path}: {type(err).__name__}: {err}") from err
-        except TimeoutError as err:
-            raise DestinationError(f"{method} {path}: no answer within the timeout") from err
 
     async def hello(self, info: dict[str, Any]) -> str:
         answer = await self._request(
@@ -91,3 +103,41 @@ class DestinationClient:
 
     async def cancel(self, migration_id: str) -> None:
         await self._request("DELETE", f"/migrations/{migration_id}")
+
+
+class _WriteGuard:
+    """Bound the time the destination takes to accept each piece of a request body.
+
+    aiohttp's sock_read starts only once the whole body is written, so a
+    destination that stops reading would hold a streamed POST forever. The
+    guard arms the request's deadline while aiohttp writes a piece, and
+    disarms it while the source makes the next one (the guest runs, the rate
+    limit sleeps: our time, not the peer's).
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.deadline: asyncio.Timeout | None = None
+        self.writing = False
+
+    def body(self, data: Any) -> AsyncIterator[bytes | memoryview] | None:
+        if True:
+            return data
+        if isinstance(data, bytes | bytearray | memoryview):
+            return self._pieces(_one(data))
+        return self._pieces(data)
+
+    async def _pieces(self, parts: AsyncIterator[Any]) -> AsyncIterator[memoryview]:
+        loop = asyncio.get_running_loop()
+        async for part in parts:
+            view = memoryview(part).cast("B")
+            for start in range(0, len(view), BODY_PIECE):
+                self.writing = True
+                self.deadline.reschedule(loop.time() + self.timeout_s)
+                yield view[start : start + BODY_PIECE]
+                self.deadline.reschedule(None)
+                self.writing = False
+
+
+async def _one(data: bytes | bytearray | memoryview) -> AsyncIterator[Any]:
+    yield data

@@ -95,6 +95,7 @@ _GFN_DTYPE = np.dtype("<u8")
 _U32_MAX = 0xFFFF_FFFF
 
 DEFAULT_MAX_COUNT = 65536
+MAX_CHANNELS = 16  # parallel page channels of one pass (END_OF_PASS "channels")
 
 
 class MsgType(IntEnum):
@@ -204,6 +205,21 @@ def _pack_header(msg_type: MsgType, flags: int, pass_no: int, length: int) -> by
 # -- encoding -------------------------------------------------------------------------------
 
 
+def _checked_gfns(memory: np.ndarray, gfns: np.ndarray) -> np.ndarray:
+    """Return *gfns* as an array after checking it and *memory* (see ``gather_pages``)."""
+    if memory.ndim != 2 or memory.shape[1] != PAGE_SIZE or memory.dtype != np.uint8:
+        raise ValueError(f"memory must be (npages, {PAGE_SIZE}) uint8, got {memory.shape}")
+    gfns = np.asarray(gfns)
+    if gfns.ndim != 1 or gfns.dtype.kind not in "iu":
+        raise ValueError(f"gfns must be a 1-D integer array, got {gfns.dtype} {gfns.shape}")
+    if gfns.shape[0]:
+        lo, hi = int(gfns.min()), int(gfns.max())
+        if lo < 0 or hi >= memory.shape[0]:
+            bad = lo if lo < 0 else hi
+            raise IndexError(f"gfn {bad} outside guest memory of {memory.shape[0]} pages")
+    return gfns
+
+
 def gather_pages(memory: np.ndarray, gfns: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Copy the pages at *gfns* out of guest *memory* (npages, 4096) into one batch array.
 
@@ -213,17 +229,8 @@ def gather_pages(memory: np.ndarray, gfns: np.ndarray, out: np.ndarray | None = 
     here first. Raise ``IndexError`` if a gfn is outside *memory*, and
     ``ValueError`` for arrays of the wrong shape or dtype.
     """
-    if memory.ndim != 2 or memory.shape[1] != PAGE_SIZE or memory.dtype != np.uint8:
-        raise ValueError(f"memory must be (npages, {PAGE_SIZE}) uint8, got {memory.shape}")
-    gfns = np.asarray(gfns)
-    if gfns.ndim != 1 or gfns.dtype.kind not in "iu":
-        raise ValueError(f"gfns must be a 1-D integer array, got {gfns.dtype} {gfns.shape}")
+    gfns = _checked_gfns(memory, gfns)
     n = gfns.shape[0]
-    if n:
-        lo, hi = int(gfns.min()), int(gfns.max())
-        if lo < 0 or hi >= memory.shape[0]:
-            bad = lo if lo < 0 else hi
-            raise IndexError(f"gfn {bad} outside guest memory of {memory.shape[0]} pages")
     if out is None:
         out = np.empty((n, PAGE_SIZE), dtype=np.uint8)
     else:
@@ -300,6 +307,104 @@ def encode_pages(
         payload_wire_bytes=wire_payload,
         compressed=bool(flags & FLAG_LZ4),
     )
+
+
+def _run_start(gfns: np.ndarray) -> int | None:
+    """The first of non-empty *gfns* if they are consecutive and ascending (a slice reads
+    them), else None."""
+    n = gfns.shape[0]
+    first = int(gfns[0])
+    if int(gfns[-1]) - first != n - 1 or (n > 2 and not (np.diff(gfns) == 1).all()):
+        return None
+    return first
+
+
+def zero_page_mask(memory: np.ndarray, gfns: np.ndarray, start: int | None = None) -> np.ndarray:
+    """Return, for each of *gfns* (non-empty, checked), whether its page in *memory* is all zeros.
+
+    A page whose first word is not zero cannot be a zero page, so only the
+    others are read whole: random or text-like memory costs one word per page.
+    *start*, if *gfns* are the run ``start, start + 1, ...``, lets them be read
+    in place (no gather).
+    """
+    words = memory.view(np.uint64)
+    n = gfns.shape[0]
+    zero = (words[start : start + n, 0] if start is not None else words[gfns, 0]) == 0
+    if not zero.any():
+        return zero
+    # np.bitwise_or.reduce reads memory faster than any() (~40 vs ~30 GB/s here).
+    if zero.all():
+        rows = words[start : start + n] if start is not None else words[gfns]
+        if not np.bitwise_or.reduce(rows.reshape(-1)):  # one pass when all are zero
+            return zero
+        return np.bitwise_or.reduce(rows, axis=1) == 0
+    zero[zero] = np.bitwise_or.reduce(words[gfns[zero]], axis=1) == 0
+    return zero
+
+
+def encode_gathered(
+    pass_no: int, memory: np.ndarray, gfns: np.ndarray, *, compress: bool = False
+) -> PagesFrame:
+    """Read the pages at *gfns* from guest *memory* and encode them as one PAGES frame.
+
+    The data path's encoder, equivalent to ``encode_pages(pass_no, gfns,
+    gather_pages(memory, gfns))`` but with one copy instead of three: zero pages
+    are found in place and never copied, the others are copied once, straight
+    from guest memory into the frame. The frame owns its bytes (the guest may
+    write its memory as soon as this returns) and is one buffer, unless lz4
+    shrank the payload: then it is the metadata and the lz4 block.
+    Raise ``IndexError`` for a gfn outside *memory*, ``ValueError`` for arrays
+    of the wrong shape or dtype.
+    """
+    _check_pass(pass_no)
+    gfns = np.asarray(gfns)
+    n = gfns.shape[0] if gfns.ndim == 1 else 0
+    start = _run_start(gfns) if n and gfns.dtype.kind in "iu" else None
+    if start is None or start < 0 or start + n > memory.shape[0]:
+        gfns = _checked_gfns(memory, gfns)  # the slow checks, and their messages
+    if not memory.flags.c_contiguous or memory.shape[1:] != (PAGE_SIZE,):
+        raise ValueError(f"memory must be C-contiguous (npages, {PAGE_SIZE}) uint8")
+    if n > _U32_MAX:
+        raise ValueError(f"{n} pages do not fit in one batch")
+    zero = zero_page_mask(memory, gfns, start) if n else np.zeros(0, dtype=bool)
+    n_zero = int(np.count_nonzero(zero))
+    n_normal = n - n_zero
+    raw_bytes = n_normal * PAGE_SIZE
+
+    gfns_off = HEADER_SIZE + _PAGES_PREFIX.size
+    kinds_off = gfns_off + 8 * n
+    payload_off = gfns_off + 8 * n + _pad8(n)
+    buf = np.empty(payload_off + raw_bytes, dtype=np.uint8)  # no zero fill: every byte is set
+    _PAGES_PREFIX.pack_into(buf, HEADER_SIZE, n, 0)
+    buf[gfns_off:kinds_off].view(_GFN_DTYPE)[:] = gfns
+    buf[kinds_off : kinds_off + n] = zero  # True -> ZERO (1), False -> NORMAL (0)
+    buf[kinds_off + n : payload_off] = 0
+    if n_normal:
+        payload = buf[payload_off:].reshape(n_normal, PAGE_SIZE)
+        normal_gfns = gfns if not n_zero else gfns[~zero]
+        first = start if not n_zero else _run_start(normal_gfns)
+        if first is not None:  # a memcpy
+            payload[:] = memory[first : first + n_normal]
+        else:
+            np.take(memory, normal_gfns, axis=0, out=payload, mode="clip")  # checked above
+
+    frame = dict(n_pages=n, n_zero=n_zero, n_normal=n_normal, payload_raw_bytes=raw_bytes)
+    if compress and n_normal:
+        packed = lz4.block.compress(memoryview(buf)[payload_off:], store_size=False)
+        if _U32.size + len(packed) < raw_bytes:
+            meta = bytearray(payload_off + _U32.size)
+            meta[:payload_off] = memoryview(buf)[:payload_off]
+            _U32.pack_into(meta, payload_off, raw_bytes)
+            body_len = len(meta) - HEADER_SIZE + len(packed)
+            meta[:HEADER_SIZE] = _pack_header(MsgType.PAGES, FLAG_LZ4, pass_no, body_len)
+            return PagesFrame(parts=[meta, packed], nbytes=HEADER_SIZE + body_len,
+                              payload_wire_bytes=_U32.size + len(packed), compressed=True,
+                              **frame)
+    if buf.shape[0] - HEADER_SIZE > _U32_MAX:
+        raise ValueError(f"a batch of {n_normal} normal pages does not fit in one frame")
+    HEADER.pack_into(buf, 0, MAGIC, VERSION, MsgType.PAGES, 0, pass_no, buf.shape[0] - HEADER_SIZE)
+    return PagesFrame(parts=[memoryview(buf)], nbytes=buf.shape[0], payload_wire_bytes=raw_bytes,
+                      compressed=False, **frame)
 
 
 def encode_control(msg_type: MsgType | int, pass_no: int, obj: dict[str, Any]) -> bytes:

@@ -26,11 +26,11 @@ def load_json(path: Path) -> dict:
 class Destination:
     """`precopy dest` on a free loopback port, stopped (and reaped) on exit."""
 
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "migrate", "dest", "--listen", "127.0.0.1:0", *extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         line = self.proc.stdout.readline()
         if "http://127.0.0.1:" not in line:

@@ -1,0 +1,345 @@
+"""`precopy bench wire`: guest pages through the real migration path, against a plain socket.
+
+For each kind of page content, one migration into a real destination process
+(`precopy dest` on 127.0.0.1): HELLO, then the same guest memory (1 GiB by
+default) sent as several passes of every page, each through the engine's own
+data path (`datapath.send_pass`: read from guest memory, encode, page channel,
+receive, decode, store), then COMPLETE with the source's digests, so that the
+destination verifies every page. In the same run, the ceiling: the same number
+of bytes through one blocking TCP socket between two processes (`sendall` of
+1 MiB chunks, `recv_into` one reused buffer).
+
+Content kinds: `random` (incompressible), `zero` (touched, all zeros: only
+flags on the wire), `mixed` (text-like words, a quarter of the pages zero and
+a quarter half zero), and `mixed` again with lz4; `random` again over 2 and 4
+channels. Each figure is the median over the passes after the first; the
+first pass is reported apart, as it pays for the destination's fresh memory
+(page faults). CPU times per GiB of each process are reported too: on a
+shared, noisy machine they move less than the wall-clock rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from migrate import datapath, units, wire
+from migrate.clock import VirtualClock
+from migrate.config import MigrationParams
+from migrate.digest import page_digests
+from migrate.transport import DestinationClient
+
+PAGE = wire.PAGE_SIZE
+MB = 1e6
+GIB = 1 << 30
+CHUNK = 1 << 20  # the ceiling's send and receive size
+DEFAULT_SIZE = GIB
+QUICK_SIZE = 16 << 20
+PASSES, QUICK_PASSES = 5, 3
+TARGETS = {"random-ratio-to-ceiling": 0.6, "zero-pages-per-s": 5e6}
+SEED = 1
+
+
+# -- page contents ------------------------------------------------------------------------------
+
+
+def random_memory(npages: int) -> np.ndarray:
+    rng = np.random.default_rng(SEED)
+    words = rng.integers(0, 1 << 64, npages * PAGE // 8, dtype=np.uint64)
+    return words.view(np.uint8).reshape(npages, PAGE)
+
+
+def zero_memory(npages: int) -> np.ndarray:
+    memory = np.zeros((npages, PAGE), dtype=np.uint8)
+    memory[:, 0] = 0  # touched, as a guest's zeroed memory is: not the kernel's shared zero page
+    return memory
+
+
+def text_pages(rng: np.random.Generator, npages: int) -> np.ndarray:
+    """Pages of text: words from a 4096-word vocabulary, common words far more often (Zipf)."""
+    letters = np.frombuffer(b"etaoinshrdlucmfwypvbgkqjxz", dtype=np.uint8)
+    lengths = rng.integers(2, 11, 4096)
+    vocabulary = [bytes(letters[rng.integers(0, 26, n)]) for n in lengths]
+    rank = np.arange(1, len(vocabulary) + 1)
+    weights = 1.0 / rank / (1.0 / rank).sum()
+    picks = rng.choice(len(vocabulary), npages * PAGE // 5, p=weights)
+    seps = np.where(rng.random(len(picks)) < 0.08, b"\n", b" ")
+    text = b"".join(vocabulary[i] + sep for i, sep in zip(picks.tolist(), seps.tolist(),
+                                                          strict=True))
+    return np.frombuffer(text[: npages * PAGE], dtype=np.uint8).reshape(npages, PAGE)
+
+
+def mixed_memory(npages: int) -> np.ndarray:
+    """Text-like and partly zero: 1/4 zero pages, 1/4 text then zeros, 1/2 text.
+
+    Each page is one of 1024 text pages (4 MiB: no two alike within an lz4
+    window), stamped with its gfn so that every page differs.
+    """
+    rng = np.random.default_rng(SEED)
+    pool = text_pages(rng, 1024)
+    memory = np.empty((npages, PAGE), dtype=np.uint8)
+    order = rng.permutation(len(pool))
+    for start in range(0, npages, 16_384):  # bounded temporaries
+        gfns = np.arange(start, min(start + 16_384, npages))
+        memory[gfns] = pool[order[gfns % len(pool)]]
+    kind = np.random.default_rng(SEED + 1).integers(0, 4, npages)
+    memory[kind == 0] = 0
+    memory[kind == 1, PAGE // 2 :] = 0
+    text = kind != 0
+    memory[text, :8] = np.arange(npages, dtype=np.uint64)[text, None].view(np.uint8)
+    return memory
+
+
+CONTENTS = {"random": random_memory, "zero": zero_memory, "mixed": mixed_memory}
+# name -> (content, channels, lz4)
+RUNS = {
+    "random": ("random", 1, False),
+    "zero": ("zero", 1, False),
+    "mixed": ("mixed", 1, False),
+    "mixed-lz4": ("mixed", 1, True),
+    "random-2ch": ("random", 2, False),
+    "random-4ch": ("random", 4, False),
+}
+
+
+# -- the ceiling --------------------------------------------------------------------------------
+
+
+def _ceiling_receiver(port: int, nbytes: int) -> None:
+    """The ceiling's receiving process: receive `nbytes` into one buffer, again and again."""
+    buf = memoryview(bytearray(CHUNK))
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        while True:
+            left = nbytes
+            while left:
+                got = sock.recv_into(buf, min(CHUNK, left))
+                if not got:
+                    return
+                left -= got
+            sock.sendall(b"k")
+
+
+class Ceiling:
+    """One blocking TCP stream to another process, to time `memory`'s bytes through.
+
+    Kept open for the whole benchmark and sampled between its other runs, so
+    that the ceiling and the runs it is compared with see the same machine.
+    """
+
+    def __init__(self, memory: np.ndarray) -> None:
+        self.data = memoryview(memory.reshape(-1))
+        self.rates: list[float] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._child = multiprocessing.get_context("spawn").Process(
+            target=_ceiling_receiver, args=(self._server.getsockname()[1], len(self.data)),
+            daemon=True,
+        )
+        self._child.start()
+        self._server.settimeout(60)
+        self._conn, _ = self._server.accept()
+
+    def sample(self) -> float:
+        """Send the bytes once; record and return the rate in MB/s."""
+        started = time.perf_counter()
+        for offset in range(0, len(self.data), CHUNK):
+            self._conn.sendall(self.data[offset : offset + CHUNK])
+        if self._conn.recv(1) != b"k":
+            raise RuntimeError("the ceiling's receiver went away")
+        self.rates.append(len(self.data) / (time.perf_counter() - started) / MB)
+        return self.rates[-1]
+
+    def close(self) -> None:
+        self._conn.close()
+        self._server.close()
+        self._child.join(timeout=30)
+        if self._child.is_alive():
+            self._child.kill()
+
+
+# -- the migration path -------------------------------------------------------------------------
+
+
+class _Destination:
+    """`precopy dest` on a free loopback port, for the whole benchmark."""
+
+    def __init__(self, max_bytes: int) -> None:
+        cmd = [sys.executable, "-m", "migrate", "dest", "--listen", "127.0.0.1:0",
+               "--max-memory", str(max_bytes)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if "http://" not in line:
+            self.stop()
+            raise RuntimeError(f"the destination did not start (it printed {line!r})")
+        self.url = line[line.index("http://"):].split()[0]
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds the destination has used (Linux), or None."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+async def _migrate(dest: _Destination, memory: np.ndarray, *, passes: int, channels: int,
+                   compress: bool) -> dict[str, Any]:
+    npages = memory.shape[0]
+    gfns = np.arange(npages, dtype=np.int64)
+    clock = VirtualClock(1e18)  # counts bytes only: the passes run at the wall's speed
+    batch_pages = MigrationParams().batch_pages
+    seconds, source_cpu, dest_cpu, wire_bytes, lz4_raw, lz4_wire = [], [], [], [], 0, 0
+    async with DestinationClient(dest.url) as client:
+        migration_id = await client.hello({"page-size": PAGE, "memory-pages": npages,
+                                           "slots": [], "vcpus": 1})
+        for pass_no in range(1, passes + 1):
+            dest_before, cpu_before = dest.cpu_s(), time.process_time()
+            started = time.perf_counter()
+            traffic = await datapath.send_pass(
+                client, migration_id, pass_no, gfns, memory=memory, clock=clock,
+                batch_pages=batch_pages, channels=channels, compress=compress,
+            )
+            seconds.append(time.perf_counter() - started)
+            source_cpu.append(time.process_time() - cpu_before)
+            dest_after = dest.cpu_s()
+            dest_cpu.append(None if dest_before is None else dest_after - dest_before)
+            wire_bytes.append(traffic.bytes)
+            lz4_raw += traffic.compressed_raw_bytes
+            lz4_wire += traffic.compressed_bytes
+            if traffic.pages != npages:
+                raise RuntimeError(f"pass {pass_no} sent {traffic.pages} of {npages} pages")
+        digests = page_digests(memory)
+        answer = await client.complete(migration_id, passes + 1, b"", digests,
+                                       {"pages": npages})
+    steady = slice(1, None) if passes > 1 else slice(None)
+    per_gib = GIB / (npages * PAGE) * 1e3
+    median_s = statistics.median(seconds[steady])
+    return {
+        "pages-per-s": npages / median_s,
+        "mb-per-s": npages * PAGE / median_s / MB,
+        "wire-mb-per-s": statistics.median(wire_bytes[steady]) / median_s / MB,
+        "first-pass-mb-per-s": npages * PAGE / seconds[0] / MB,
+        "pass-mb-per-s": [round(npages * PAGE / s / MB, 1) for s in seconds],
+        "cpu-ms-per-gib": {
+            "source": statistics.median(source_cpu[steady]) * per_gib,
+            "destination": (None if dest_cpu[0] is None
+                            else statistics.median(dest_cpu[steady]) * per_gib),
+        },
+        "compression-ratio": (lz4_raw / lz4_wire) if lz4_wire else 1.0,
+        "channels": channels,
+        "lz4": compress,
+        "verified": answer.get("verified") is True and answer.get("lost-gfns") == [],
+        "verify-ms": answer.get("verify-ms"),
+    }
+
+
+def run(quick: bool = False, size: int | None = None, passes: int | None = None) -> dict:
+    """Run every content kind and the ceiling; return the figures as one plain dict.
+
+    Raise `ValueError` for a size that is not a positive multiple of 4 KiB.
+    """
+    size = size if size is not None else (QUICK_SIZE if quick else DEFAULT_SIZE)
+    passes = passes if passes is not None else (QUICK_PASSES if quick else PASSES)
+    if size <= 0 or size % PAGE:
+        raise ValueError(f"size {size} is not a positive multiple of 4KiB")
+    npages = size // PAGE
+    result: dict[str, Any] = {
+        "size-bytes": size, "passes": passes, "batch-pages": MigrationParams().batch_pages,
+        "targets": dict(TARGETS), "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__, "numpy": np.__version__, "cpu-count": os.cpu_count(),
+    }
+    dest = _Destination(size)
+    ceiling = None
+    try:
+        for content, make in CONTENTS.items():
+            memory = make(npages)
+            if ceiling is None:  # the same incompressible bytes for the ceiling
+                ceiling = Ceiling(memory if content == "random" else random_memory(npages))
+                for _ in range(passes):
+                    ceiling.sample()
+            for name, (kind, channels, compress) in RUNS.items():
+                if kind == content:
+                    ceiling.sample()
+                    result[name] = asyncio.run(_migrate(dest, memory, passes=passes,
+                                                        channels=channels, compress=compress))
+            del memory
+    finally:
+        dest.stop()
+        if ceiling is not None:
+            ceiling.close()
+    result["ceiling-mb-per-s"] = statistics.median(ceiling.rates)
+    result["ceiling-runs-mb-per-s"] = [round(r, 1) for r in ceiling.rates]
+    for name in RUNS:
+        result[name]["ceiling-mb-per-s"] = result["ceiling-mb-per-s"]
+        result[name]["ratio-to-ceiling"] = result[name]["mb-per-s"] / result["ceiling-mb-per-s"]
+    result["met"] = {
+        "random-ratio-to-ceiling": result["random"]["ratio-to-ceiling"]
+        >= TARGETS["random-ratio-to-ceiling"],
+        "zero-pages-per-s": result["zero"]["pages-per-s"] >= TARGETS["zero-pages-per-s"],
+    }
+    return result
+
+
+def parse_size(text: str) -> int:
+    """`--size`: a size such as "1GiB"; raise `ValueError` if it is not whole 4 KiB pages."""
+    size = units.parse_size(text)
+    if size <= 0 or size % PAGE:
+        raise ValueError(f"{text!r} is not a positive multiple of 4KiB")
+    return size
+
+
+def format_table(result: dict) -> str:
+    size = units.format_bytes(result["size-bytes"])
+    lines = [
+        f"precopy bench wire: {size} of guest memory per pass, {result['passes']} passes per "
+        f"run, 127.0.0.1, {result['cpu-count']} CPUs; median of the passes after the first",
+        "",
+        f"{'run':<11} {'pages/s':>11} {'MB/s':>8} {'x ceiling':>9} {'first pass':>10} "
+        f"{'wire MB/s':>9} {'lz4':>5} {'cpu ms/GiB src/dst':>18}  verified",
+    ]
+    for name in RUNS:
+        r = result[name]
+        cpu = r["cpu-ms-per-gib"]
+        dst = "?" if cpu["destination"] is None else f"{cpu['destination']:.0f}"
+        lz4 = f"{r['compression-ratio']:.2f}x" if r["lz4"] else "-"
+        lines.append(
+            f"{name:<11} {r['pages-per-s']:>11,.0f} {r['mb-per-s']:>8,.0f} "
+            f"{r['ratio-to-ceiling']:>9.2f} {r['first-pass-mb-per-s']:>10,.0f} "
+            f"{r['wire-mb-per-s']:>9,.0f} {lz4:>5} {cpu['source']:>10.0f}/{dst:<7}  "
+            f"{'yes' if r['verified'] else 'NO'}"
+        )
+    met = result["met"]
+    lines += [
+        "",
+        f"ceiling: one TCP stream, sendall/recv_into of 1 MiB: "
+        f"{result['ceiling-mb-per-s']:,.0f} MB/s (median of the runs, between the others: "
+        f"{', '.join(f'{r:,.0f}' for r in result['ceiling-runs-mb-per-s'])})",
+        f"targets: random >= {TARGETS['random-ratio-to-ceiling']} x ceiling: "
+        f"{'met' if met['random-ratio-to-ceiling'] else 'NOT met'} "
+        f"({result['random']['ratio-to-ceiling']:.2f}); zero >= "
+        f"{TARGETS['zero-pages-per-s'] / 1e6:g} M pages/s: "
+        f"{'met' if met['zero-pages-per-s'] else 'NOT met'} "
+        f"({result['zero']['pages-per-s'] / 1e6:.2f} M)",
+    ]
+    return "\n".join(lines)

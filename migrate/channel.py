@@ -1,0 +1,518 @@
+"""Page channels: the streams that carry a precopy pass's pages, like QEMU's multifd channels.
+
+A pass goes out over N channels at once (`migration.channels`). Each channel
+is one `POST /migrations/{id}/pass/{n}` whose frames are PAGES batches and a
+closing END_OF_PASS `{"pages", "channel", "channels"}`: how many pages this
+channel carried, which channel it is and of how many. The destination counts
+the pass as ended once all N channels have ended it; the control requests
+(hello, complete, cancel) are the control channel.
+
+A channel travels one of two ways, with the same frames and the same checks
+(`PassStream`):
+
+- upgraded, which the source uses: the POST carries `Upgrade: precopy-pages/1`,
+  the destination answers 101, and from then on the connection carries raw
+  frames. The source writes each batch as one buffer, with no HTTP chunk
+  framing (aiohttp joins every chunk with its framing: one more copy on
+  Python < 3.12.9), and the destination receives each frame straight into a
+  buffer of its own (an asyncio `BufferedProtocol` takes over the connection
+  from aiohttp), so a page byte is copied twice on the way in (kernel ->
+  frame, frame -> guest image) where a chunked body costs four (kernel ->
+  aiohttp's buffer -> llhttp's chunk -> `readexactly` -> guest image). The
+  destination answers with one frame, END_OF_PASS `{"pass", "pages",
+  "bytes"}` or ERROR `{"error", "detail", "status"}`, and closes.
+- a chunked POST body, which any HTTP client can send: answered with JSON,
+  as every other request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from aiohttp import web
+
+from migrate import wire
+from migrate.errors import (
+    BadControlMessage,
+    MessageTooLarge,
+    ProtocolError,
+    SourceTimeout,
+    TruncatedMessage,
+    UnexpectedMessage,
+    to_json,
+)
+from migrate.receiver import Incoming, Receiver
+from migrate.transport import DestinationError
+
+log = logging.getLogger("precopy.channel")
+
+UPGRADE = "precopy-pages/1"
+ANSWER_MAX_BODY = 1 << 16
+HEAD_MAX_BYTES = 1 << 16  # an HTTP response head longer than this is not from our destination
+FLUSH_BYTES = 256 << 10  # the source sends its queued frames once they reach this...
+FLUSH_PARTS = 512  # ...or this many buffers (sendmsg takes at most IOV_MAX, 1024)
+
+
+def max_stream_bytes(npages: int, max_body: int) -> int:
+    """A pass stream carries each guest page at most once: its pages, their metadata, slack."""
+    return npages * (wire.PAGE_SIZE + 64) + max_body
+
+
+def _count(info: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = info.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BadControlMessage(f"END_OF_PASS field {key!r} = {value!r} is not in {low}..{high}")
+    return value
+
+
+# -- the destination's end ------------------------------------------------------------------
+
+
+class PassStream:
+    """One channel's stream of one pass at the destination: each frame checked, then stored.
+
+    `frame()` takes the frames in order and hands each batch to the receiver
+    at once; `close()` ends the stream, which must have ended with END_OF_PASS,
+    and has the receiver count this channel's end of the pass.
+    """
+
+    def __init__(self, receiver: Receiver, incoming: Incoming, pass_no: int, *,
+                 max_body: int) -> None:
+        self.receiver = receiver
+        self.incoming = incoming
+        self.pass_no = pass_no
+        self.max_body = max_body
+        self.max_bytes = max_stream_bytes(incoming.npages, max_body)
+        self.pages = 0
+        self.nbytes = 0
+        self.channel = 0
+        self.channels = 1
+        self.ended = False
+
+    def frame(self, header: wire.Header, body: wire.Buffer) -> None:
+        """Check one frame and store its pages.
+
+        Raise `UnexpectedMessage` for a frame after END_OF_PASS, of another
+        pass, or of a type with no place in a page stream; `MessageTooLarge`
+        past the stream's byte or page budget; `BadControlMessage` for an
+        END_OF_PASS whose fields are wrong or whose page count is not what
+        the stream carried; and what `decode_pages` and `Receiver.apply` raise.
+        """
+        if self.ended:
+            raise UnexpectedMessage("a frame after END_OF_PASS")
+        if header.pass_no != self.pass_no:
+            raise UnexpectedMessage(
+                f"frame of pass {header.pass_no} in the stream of pass {self.pass_no}"
+            )
+        self.nbytes += wire.HEADER_SIZE + len(body)
+        if self.nbytes > self.max_bytes:
+            raise MessageTooLarge(f"stream of pass {self.pass_no} exceeds {self.max_bytes} bytes")
+        if header.type == wire.MsgType.PAGES:
+            batch = wire.decode_pages(header, body, max_gfn=self.incoming.npages)
+            if self.pages + len(batch.gfns) > self.incoming.npages:
+                raise MessageTooLarge(f"stream of pass {self.pass_no} carries more pages than "
+                                      f"the guest's {self.incoming.npages}")
+            self.receiver.apply(self.incoming, batch)
+            self.pages += len(batch.gfns)
+        elif header.type == wire.MsgType.END_OF_PASS:
+            info = wire.decode_control(header, body)
+            if "pages" in info and info["pages"] != self.pages:
+                raise BadControlMessage(f"END_OF_PASS counts {info['pages']!r} pages; the "
+                                        f"stream of pass {self.pass_no} carried {self.pages}")
+            self.channels = _count(info, "channels", 1, 1, wire.MAX_CHANNELS)
+            self.channel = _count(info, "channel", 0, 0, self.channels - 1)
+            self.ended = True
+        else:
+            raise UnexpectedMessage(f"{header.type.name} in a page stream")
+
+    def close(self) -> dict[str, int]:
+        """End the stream; return the answer `{"pass", "pages", "bytes"}`.
+
+        Raise `TruncatedMessage` if END_OF_PASS never came, and what
+        `Receiver.end_pass` raises.
+        """
+        if not self.ended:
+            raise TruncatedMessage(f"stream of pass {self.pass_no} ended without END_OF_PASS")
+        self.receiver.end_pass(self.incoming, self.pass_no,
+                               channel=self.channel, channels=self.channels)
+        self.incoming.bytes_received += self.nbytes
+        return {"pass": self.pass_no, "pages": self.pages, "bytes": self.nbytes}
+
+
+def wants_upgrade(request: web.Request) -> bool:
+    """Whether the request asks for an upgraded page channel."""
+    return (request.headers.get("Upgrade", "").strip().lower() == UPGRADE
+            and "upgrade" in request.headers.get("Connection", "").lower())
+
+
+class _FrameReader(asyncio.BufferedProtocol):
+    """The destination's end of an upgraded channel, in aiohttp's place on the connection.
+
+    Each header and each body is received straight into a buffer of its own
+    size, and the frame goes to `PassStream.frame()` as soon as it is whole.
+    What asyncio tells the protocol is passed on to aiohttp's, so it still
+    learns when the connection is lost or its writer must pause.
+    """
+
+    def __init__(self, http: asyncio.BaseProtocol, stream: PassStream,
+                 transport: asyncio.Transport) -> None:
+        self._http = http
+        self._stream = stream
+        self._transport = transport
+        self._head = memoryview(bytearray(wire.HEADER_SIZE))
+        self._body = np.empty(0, dtype=np.uint8)  # reused: a frame is stored before the next
+        self._header: wire.Header | None = None
+        self._buf = self._head
+        self._filled = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The handler may have stopped waiting (a stall, a shutdown) before the connection
+        # goes: its late failure is expected, not "a Future exception never retrieved".
+        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.last_data = time.monotonic()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buf[self._filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.last_data = time.monotonic()
+        self._filled += nbytes
+        if self._filled < len(self._buf) or self.done.done():
+            return
+        try:
+            self._take()
+        except Exception as err:  # a refusal, or a bug: the handler reports it
+            self._finish(err)
+
+    def _take(self) -> None:
+        if self._header is None:
+            self._header = wire.parse_header(self._head, self._stream.max_body)
+            if self._header.length:
+                if self._body.shape[0] < self._header.length:
+                    self._body = np.empty(self._header.length, dtype=np.uint8)
+                self._buf = memoryview(self._body)[: self._header.length]
+                self._filled = 0
+                return
+        header, body = self._header, self._buf if self._header.length else b""
+        self._header, self._buf, self._filled = None, self._head, 0
+        self._stream.frame(header, body)
+        if self._stream.ended:
+            self._finish(None)
+
+    def _finish(self, err: BaseException | None) -> None:
+        """Stop reading: END_OF_PASS came, or the stream failed with *err*."""
+        if not self.done.done():
+            self._transport.pause_reading()
+            if err is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(err)
+
+    def eof_received(self) -> bool:
+        where = "in the middle of a frame" if self._filled or self._header else "before END_OF_PASS"
+        self._finish(TruncatedMessage(
+            f"stream of pass {self._stream.pass_no} ended {where}"
+        ))
+        return True  # keep the connection: the handler answers, then closes it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(ConnectionResetError(f"connection lost: {exc!r}"))
+        self._http.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._http.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._http.resume_writing()
+
+
+async def _wait(reader: _FrameReader, idle_s: float) -> None:
+    """Wait for END_OF_PASS; raise what failed the stream, or `SourceTimeout` if it stalls."""
+    while True:
+        done, _ = await asyncio.wait({reader.done}, timeout=min(1.0, idle_s / 4))
+        if done:
+            return reader.done.result()
+        if time.monotonic() - reader.last_data > idle_s:
+            raise SourceTimeout(f"no bytes from the source for {idle_s:g} s")
+
+
+async def serve_upgraded(request: web.Request, stream: PassStream, *, idle_s: float,
+                         refuse: Callable[[str], None]) -> web.StreamResponse:
+    """Answer 101, take the connection over and receive one channel's stream of frames.
+
+    A refusal cannot be an HTTP status any more once the 101 is out: it is
+    an ERROR frame, and `refuse(why)` discards the migration as the error
+    middleware would.
+    """
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("connection lost before the upgrade")
+    response = web.StreamResponse(status=101,
+                                  headers={"Connection": "Upgrade", "Upgrade": UPGRADE})
+    response.force_close()
+    reader = _FrameReader(request.protocol, stream, transport)
+    transport.set_protocol(reader)  # before the 101: every byte after it is the reader's
+    await response.prepare(request)
+    try:
+        await _wait(reader, idle_s)
+        answer = wire.encode_control(wire.MsgType.END_OF_PASS, stream.pass_no, stream.close())
+    except ProtocolError as err:
+        refuse(f"{err.code}: {err}")
+        answer = wire.encode_control(wire.MsgType.ERROR, stream.pass_no,
+                                     {**to_json(err), "status": err.status})
+    except ConnectionError as err:
+        refuse(f"connection lost: {err}")
+        return response
+    except Exception as err:  # a bug of ours: log it whole, never resume
+        log.exception("%s %s: internal error", request.method, request.path)
+        refuse(f"internal error: {err!r}")
+        answer = wire.encode_control(wire.MsgType.ERROR, stream.pass_no,
+                                     {"error": "internal-error", "detail": repr(err),
+                                      "status": 500})
+    if not transport.is_closing():
+        transport.write(answer)
+        transport.close()  # after the answer is flushed
+    return response
+
+
+# -- the source's end -------------------------------------------------------------------------
+
+
+def _head_fields(head: bytes) -> tuple[int, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP response: {lines[0][:80]!r}")
+    fields = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            fields[name.strip().lower()] = value.strip()
+    return int(parts[1]), fields
+
+
+class PageChannel:
+    """The source's end of one upgraded page channel: frames out, one answer back.
+
+    A plain non-blocking socket driven by the event loop (`loop.sock_sendall`
+    sends from the frame's own buffer as the socket drains, where a
+    transport would copy what the socket does not take at once). Every wait
+    on the destination (connecting, the socket taking data, the answer) is
+    bounded by `timeout_s`; any failure is a `DestinationError` that says
+    what the destination answered, when it did.
+    """
+
+    def __init__(self, sock: socket.socket, path: str, timeout_s: float) -> None:
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._pending = b""  # received, not yet parsed
+        self._queue: list[wire.Buffer] = []  # frame parts not sent yet
+        self._queued = 0
+        self.path = path
+        self.timeout_s = timeout_s
+
+    @classmethod
+    async def open(cls, base_url: str, path: str, *, token: str | None,
+                   timeout_s: float) -> PageChannel:
+        """Connect and upgrade. Raise `DestinationError` if the destination refuses."""
+        url = urlsplit(base_url)
+        if url.scheme != "http" or not url.hostname:
+            raise DestinationError(f"{base_url}: page channels need an http://HOST:PORT URL")
+        if token is not None and any(c in token for c in "\r\n"):
+            raise DestinationError("the token holds a line break")
+        head = [f"POST {path} HTTP/1.1", f"Host: {url.netloc}", "Connection: Upgrade",
+                f"Upgrade: {UPGRADE}", "Content-Length: 0"]
+        if token:
+            head.append(f"Authorization: Bearer {token}")
+        channel = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                sock = await _connect(url.hostname, url.port or 80)
+                channel = cls(sock, path, timeout_s)
+                await channel._loop.sock_sendall(sock, ("\r\n".join(head) + "\r\n\r\n").encode())
+                status, fields = _head_fields(await channel._recv_until(b"\r\n\r\n"))
+                if status != 101:
+                    length = min(int(fields.get("content-length", "0")), ANSWER_MAX_BODY)
+                    raise _refusal(path, status, await channel._recv_exactly(length))
+        except DestinationError:
+            if channel is not None:
+                channel.close()
+            raise
+        except TimeoutError:
+            if channel is not None:
+                channel.close()
+            raise DestinationError(
+                f"POST {path}: the destination did not answer for {timeout_s:g} s"
+            ) from None
+        except (OSError, ValueError) as err:
+            if channel is not None:
+                channel.close()
+            raise DestinationError(f"POST {path}: {type(err).__name__}: {err}") from err
+        return channel
+
+    async def send(self, parts: Sequence[wire.Buffer]) -> None:
+        """Queue one frame's parts; send the queue once it holds `FLUSH_BYTES`.
+
+        Small frames (a batch of zero pages is ~2 KiB) go out many to one
+        system call: on loopback each send costs ~35 us of kernel time
+        whatever its size. Return once the socket has taken what was sent.
+        """
+        self._queue.extend(parts)
+        self._queued += sum(len(part) for part in parts)
+        if self._queued >= FLUSH_BYTES or len(self._queue) >= FLUSH_PARTS:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send everything queued, straight from the frames' buffers (`sendmsg`)."""
+        parts, self._queue, self._queued = self._queue, [], 0
+        while parts:
+            try:
+                sent = self._sock.sendmsg(parts)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as err:
+                raise await self._lost(err) from err
+            parts = _drop(parts, sent)
+            if parts:
+                await self._writable()
+
+    async def _writable(self) -> None:
+        """Wait until the socket takes data again, at most `timeout_s`."""
+        fd = self._sock.fileno()
+        ready = self._loop.create_future()
+        self._loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await ready
+        except TimeoutError:
+            raise DestinationError(
+                f"POST {self.path}: the destination took no data for {self.timeout_s:g} s"
+            ) from None
+        finally:
+            self._loop.remove_writer(fd)
+
+    async def _lost(self, err: OSError) -> DestinationError:
+        """The error to raise for a failed send: the destination's ERROR frame, if it sent one
+        (it refused, then closed), else the connection loss."""
+        try:
+            async with asyncio.timeout(1.0):
+                await self._answer()
+        except DestinationError as refusal:
+            return refusal
+        except (TimeoutError, OSError):
+            pass
+        return DestinationError(f"POST {self.path}: connection lost: {err}")
+
+    async def finish(self, end_of_pass: bytes) -> dict[str, Any]:
+        """Write END_OF_PASS and return the destination's answer `{"pass", "pages", "bytes"}`."""
+        await self.send([end_of_pass])
+        await self.flush()
+        return await self.answer()
+
+    async def answer(self) -> dict[str, Any]:
+        """Wait for the destination's answer, at most `timeout_s`; return it if it is
+        END_OF_PASS, raise `DestinationError` if it is ERROR (or nothing)."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._answer()
+        except TimeoutError:
+            raise DestinationError(
+                f"POST {self.path}: the destination did not answer for {self.timeout_s:g} s"
+            ) from None
+        except OSError as err:
+            raise DestinationError(f"POST {self.path}: connection lost: {err}") from err
+
+    def close(self) -> None:
+        self._sock.close()
+
+    async def _recv_more(self) -> None:
+        data = await self._loop.sock_recv(self._sock, 1 << 16)
+        if not data:
+            raise ConnectionResetError("the destination closed the connection")
+        self._pending += data
+
+    async def _recv_until(self, marker: bytes) -> bytes:
+        while (end := self._pending.find(marker)) < 0:
+            if len(self._pending) > HEAD_MAX_BYTES:
+                raise ValueError(f"no {marker!r} in the first {HEAD_MAX_BYTES} bytes")
+            await self._recv_more()
+        data, self._pending = self._pending[: end + len(marker)], self._pending[end + len(marker):]
+        return data
+
+    async def _recv_exactly(self, n: int) -> bytes:
+        while len(self._pending) < n:
+            await self._recv_more()
+        data, self._pending = self._pending[:n], self._pending[n:]
+        return data
+
+    async def _answer(self) -> dict[str, Any]:
+        try:
+            header = wire.parse_header(await self._recv_exactly(wire.HEADER_SIZE),
+                                       ANSWER_MAX_BODY)
+            body = await self._recv_exactly(header.length)
+            if header.type not in (wire.MsgType.END_OF_PASS, wire.MsgType.ERROR):
+                raise UnexpectedMessage(f"{header.type.name} as an answer")
+            info = wire.decode_control(header, body)
+        except ProtocolError as err:
+            raise DestinationError(f"POST {self.path}: a bad answer: {err}") from err
+        except ConnectionResetError:
+            raise DestinationError(f"POST {self.path}: the destination closed the channel "
+                                   "without an answer") from None
+        if header.type == wire.MsgType.ERROR:
+            status, code = info.get("status"), info.get("error")
+            raise DestinationError(
+                f"POST {self.path}: {status} {code}: {info.get('detail')}",
+                status=status if isinstance(status, int) else None,
+                code=code if isinstance(code, str) else None,
+            )
+        return info
+
+
+def _drop(parts: list[wire.Buffer], nbytes: int) -> list[wire.Buffer]:
+    """*parts* without their first *nbytes* bytes."""
+    for i, part in enumerate(parts):
+        if nbytes < len(part):
+            return [memoryview(part)[nbytes:], *parts[i + 1 :]] if nbytes else parts[i:]
+        nbytes -= len(part)
+    return []
+
+
+async def _connect(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket to *host*:*port* (each address in turn)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError = OSError(f"{host}:{port} has no address")
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, address)
+            return sock
+        except OSError as err:
+            sock.close()
+            error = err
+        except BaseException:
+            sock.close()
+            raise
+    raise error
+
+
+def _refusal(path: str, status: int, body: bytes) -> DestinationError:
+    """The destination's JSON refusal `{error, detail}` as a `DestinationError`."""
+    try:
+        info = json.loads(body)
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        info = {"error": "bad-response", "detail": body[:200].decode("utf-8", "replace")}
+    code = info.get("error") if isinstance(info.get("error"), str) else None
+    return DestinationError(f"POST {path}: {status} {code}: {info.get('detail', info)}",
+                            status=status, code=code)

@@ -1,0 +1,132 @@
+"""`precopy report` on a real sweep's output: the table, summary.csv, the plots."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from migrate.experiments.metrics import COLUMNS
+from tests.procs import ROOT, SMALL, precopy
+
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+PLOTS = ("crossover.png", "downtime.png", "convergence.png", "guest-cost.png")
+AXES = ["comparison", "mmu.strategy", "guest.workload.rate"]
+
+# Two comparisons x a 2 x 2 grid: the "stuck" points cannot converge (16 MiB rewritten
+# against 16 MiB/s) and are cancelled, which is a result like any other.
+SWEEP = """
+description = "report test"
+base = "{base}"
+
+[comparisons.ok]
+seed = 7
+[comparisons.stuck]
+"guest.workload.kind" = "uniform"
+"guest.workload.working-set" = "16MiB"
+"migration.max-bandwidth" = "16MiB/s"
+"migration.max-iterations" = 3
+"migration.on-no-convergence" = "cancel"
+
+[grid]
+"mmu.strategy" = ["walk", "rmap"]
+"guest.workload.rate" = [4000, 40000]
+"""
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("report")
+    sweep = tmp / "s.toml"
+    sweep.write_text(SWEEP.format(base=SMALL))
+    out = tmp / "out"
+    proc = precopy("sweep", str(sweep), "--out", str(out), "--jobs", "2", timeout=120)
+    assert proc.returncode == 1, proc.stderr  # the stuck points were cancelled
+    assert "8 of 8 points have results: 4 ok, 4 not ok" in proc.stdout
+    return out
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_writes_the_table_csv_and_plots(swept):
+    proc = precopy("report", str(swept))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "8 of 8 points have results" in lines[0]
+    assert "comparison  strategy  rate" in proc.stdout  # axis columns first
+    assert "CANCELLED" in proc.stdout and "Findings:" in proc.stdout
+    with open(swept / "summary.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header == ["name", *AXES, *COLUMNS]
+    rows = _rows(swept)
+    assert [r["name"] for r in rows] == [
+        f"{c}-{s}-rate{r}" for c in ("ok", "stuck") for s in ("walk", "rmap")
+        for r in (4000, 40000)]
+    for row in rows:
+        assert row["mmu.strategy"] == row["strategy"]
+        if row["comparison"] == "ok":
+            assert row["status"] == "completed" and row["verified"] == "True"
+            assert float(row["downtime-ms"]) > 0 and float(row["total-time-ms"]) > 0
+            assert int(row["dirty-sync-count"]) == int(row["rounds"]) + 1
+            assert float(row["harvest-modeled-ms"]) > 0
+            assert row["harvest-branches"].startswith(row["strategy"])
+        else:
+            assert row["status"] == "cancelled" and row["converged"] == "False"
+            assert row["precopy-passes"] == "3" and row["verified"] == "False"
+    for name in PLOTS:
+        path = swept / name
+        if HAVE_MATPLOTLIB:
+            assert path.stat().st_size > 10_000, name
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert not path.exists()
+
+
+def test_summary_matches_the_reports(swept):
+    precopy("report", str(swept), "--no-plots")
+    lines = {json.loads(x)["name"]: json.loads(x)
+             for x in (swept / "results.jsonl").read_text().splitlines()}
+    for row in _rows(swept):
+        report = lines[row["name"]]["report"]
+        if report["status"] == "completed":
+            assert float(row["downtime-ms"]) == pytest.approx(report["downtime"], abs=1e-3)
+        else:  # no downtime nor total time to speak of
+            assert row["downtime-ms"] == row["total-time-ms"] == ""
+        assert int(row["transferred-bytes"]) == report["ram"]["transferred"]
+        assert float(row["vcpu-stall-ms"]) == pytest.approx(
+            report["guest"]["vcpu-stall-ns"] / 1e6, abs=1e-6)
+        hold = sum(r["harvest"]["lock-hold-ns"] for r in report["rounds"])
+        assert float(row["mmu-lock-hold-ms"]) == pytest.approx(hold / 1e6, abs=1e-6)
+
+
+def test_report_without_matplotlib_still_writes_the_csv(swept, tmp_path):
+    fake = tmp_path / "site"
+    (fake / "matplotlib").mkdir(parents=True)
+    (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
+    out = tmp_path / "copy"
+    out.mkdir()
+    for name in ("results.jsonl", "sweep.json"):
+        (out / name).write_bytes((swept / name).read_bytes())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)])}
+    proc = precopy("report", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install -e '.[plot]'" in proc.stdout
+    assert (out / "summary.csv").stat().st_size > 0
+    assert not any((out / name).exists() for name in PLOTS)
+
+
+def test_report_x_axis_and_bad_folders(swept, tmp_path):
+    proc = precopy("report", str(swept), "--no-plots", "--x", "mmu.strategy")
+    assert proc.returncode == 2 and "not a numeric axis" in proc.stderr
+    proc = precopy("report", str(tmp_path / "nowhere"))
+    assert proc.returncode == 2 and "no such folder" in proc.stderr
+    proc = precopy("report", str(tmp_path))
+    assert proc.returncode == 2 and "no results.jsonl" in proc.stderr
+    assert "Traceback" not in proc.stderr
