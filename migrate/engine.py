@@ -66,6 +66,7 @@ class Source:
             while True:
                 pending, figures = await self.iterate(iteration, pending)
                 decision = decide(figures, **self._policy())
+                self.report.switchover = decision.value
                 if decision is Decision.CANCEL:
                     raise MigrationCancelled(
                         f"no convergence after {iteration} passes (on-no-convergence = cancel)"

@@ -60,6 +60,9 @@ class Report(Record):
     setup_time_ms: float = keyed("setup-time", default=0.0)
     downtime_ms: float = keyed("downtime", default=0.0)
     expected_downtime_ms: float = keyed("expected-downtime", default=0.0)
+    # The policy's last word: "switchover" (converged), "force", "cancel", or "continue"
+    # when the migration ended some other way mid-iteration.
+    switchover: str = ""
     ram: RamStats = field(default_factory=RamStats)
     verified: bool = False
     lost_pages: list[int] = field(default_factory=list)

@@ -40,8 +40,7 @@ def make_vm():
         guest = GuestSpec(memory_pages=pages, workload=WorkloadSpec(kind=kind, **wl_kw),
                           **guest_kw)
         vm = Vm(guest, _mmu_spec(shape, **mmu_kw), costs or CostTable(), seed=seed)
-        if guest.workload.prefill:  # Vm.prefill() itself does not look at the flag
-            vm.prefill()
+        vm.prefill()  # a no-op for workloads whose `prefill` is off
         if logging:
             vm.enable_dirty_logging()
         if paused:

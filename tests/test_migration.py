@@ -37,7 +37,7 @@ def test_default_run_completes_and_verifies(tmp_path):
     assert "verified         yes" in proc.stdout
     # QEMU's rule: switch over only once the remaining bytes fit the downtime limit.
     last = passes[-1]
-    assert last["expected-downtime"] <= 300.0
+    assert last["expected-downtime"] <= 300.0 and report["switchover"] == "switchover"
     assert report["ram"]["dirty-sync-count"] == len(report["rounds"]) + 1  # + setup sync
     assert Report.from_dict(report).to_dict() == report
 
@@ -100,6 +100,7 @@ def test_non_converging_workload(tmp_path, policy, status, code):
     passes = [r for r in report["rounds"] if r["phase"] == "precopy"]
     assert len(passes) == 4
     assert all(r["expected-downtime"] > 300 for r in passes)
+    assert report["switchover"] == policy
     if policy == "force":
         assert report["verified"] is True
         assert report["downtime"] > 300  # forced: far over the limit, still correct

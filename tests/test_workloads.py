@@ -73,11 +73,22 @@ def writes_of(vm, t0_s: float, dt_s: float, activity: float = 1.0, seed: int = 0
     return vm.workload.generate(np.random.default_rng(seed), t0_s * NS, dt_s * NS, activity)
 
 
-def test_idle_writes_nothing_and_prefills_nothing(make_vm):
+def test_idle_writes_nothing_after_its_prefill(make_vm):
     vm = make_vm("tdp", "idle", pages=8192, prefill=True)
     assert len(writes_of(vm, 0, 1.0)) == 0
+    prefilled = vm.memory.write_count.copy()
+    assert prefilled.sum() == 8192  # the working set, touched once
     vm.advance(NS)
-    assert vm.stats.writes == 0 and vm.memory.write_count.sum() == 0
+    assert vm.stats.writes == 0 and np.array_equal(vm.memory.write_count, prefilled)
+
+
+def test_prefill_is_each_parts_own_choice(make_vm):
+    parts = (WorkloadSpec(kind="uniform", working_set_pages=1024, prefill=True),
+             WorkloadSpec(kind="sequential", working_set_pages=4096, prefill=False))
+    vm = make_vm("tdp", "mix", pages=8192, parts=parts)
+    assert np.flatnonzero(vm.memory.write_count).tolist() == list(range(1024))
+    vm = make_vm("tdp", "mix", pages=8192, parts=parts, prefill=False)
+    assert vm.memory.write_count.sum() == 0
 
 
 def test_hotspot_sends_hot_writes_to_hot_memory(make_vm):

@@ -208,9 +208,7 @@ class Vm:
         Pages get text-like content; every process maps them in (shadow shape).
         Costs are not counted: this is before the migration.
         """
-        if not self.guest.workload.prefill:
-            return
-        gfns = self.workload.prefill_gfns()
+        gfns = self.workload.prefill_gfns()  # each workload (or part) minds its own `prefill`
         if len(gfns) == 0:
             return
         self.memory.fill(gfns, _text_pool(self.rng))

@@ -36,6 +36,9 @@ class Workload(ABC):
         return n
 
     def prefill_gfns(self) -> np.ndarray:
+        """The pages this workload touches before migration (none if its `prefill` is off)."""
+        if not self.spec.prefill:
+            return np.empty(0, dtype=np.int64)
         return np.arange(self.base, self.base + self.pages, dtype=np.int64)
 
     @abstractmethod
@@ -56,10 +59,9 @@ class RateWorkload(Workload):
 
 
 class Idle(Workload):
-    def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
-        return np.empty(0, dtype=np.int64)
+    """No writes; with `prefill`, a guest that filled its working set and went quiet."""
 
-    def prefill_gfns(self) -> np.ndarray:
+    def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
 
 
@@ -148,6 +150,8 @@ class Phases(Workload):
         return self.current(t_ns).generate(rng, t_ns, dt_ns, activity)
 
     def prefill_gfns(self) -> np.ndarray:
+        if not self.spec.prefill:
+            return np.empty(0, dtype=np.int64)
         return np.unique(np.concatenate([c.prefill_gfns() for c in self.children]))
 
 
@@ -162,6 +166,8 @@ class Mix(Workload):
         return np.concatenate([p.generate(rng, t_ns, dt_ns, activity) for p in self.parts])
 
     def prefill_gfns(self) -> np.ndarray:
+        if not self.spec.prefill:
+            return np.empty(0, dtype=np.int64)
         return np.unique(np.concatenate([p.prefill_gfns() for p in self.parts]))
 
 

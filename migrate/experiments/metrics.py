@@ -72,12 +72,15 @@ def precopy_passes(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def converged(report: dict[str, Any]) -> bool | None:
-    """Whether precopy converged: the last pass left no more than the downtime limit's worth.
+    """Whether precopy converged, as the engine's policy decided (`switchover`).
 
-    That is the switchover rule in migrate/policy.py; a point that went to
-    stop-and-copy otherwise was forced there by max-iterations or max-time
-    (or was cancelled). None if no pass finished.
+    Reports from before that field existed are judged by the same rule
+    (migrate/policy.py): the last pass left no more than the downtime limit's
+    worth. None if no pass finished.
     """
+    decision = report.get("switchover")
+    if decision:
+        return None if decision == "continue" else decision == "switchover"
     passes = precopy_passes(report)
     limit = downtime_limit_ms(report)
     if not passes or limit is None:

@@ -1,8 +1,10 @@
 """`heuristic`: the seed's write_protect_slot.
 
 rmap when `nr_dirty_pages < n_used_mmu_pages` ("not so many dirty pages
-compared to the number of shadow pages"), else the slot walk. Always rmap
-for a small VGA framebuffer slot, as Avi Kivity notes in the review.
+compared to the number of shadow pages"), else the slot walk. The slot's
+dirty count is compared with the whole VM's shadow pages, so in the review
+Avi Kivity expects a small VGA framebuffer slot always to take rmap; with
+few shadow pages in use (tdp) a repainted framebuffer can still walk.
 """
 
 from __future__ import annotations
