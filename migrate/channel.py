@@ -341,21 +341,17 @@ class PageChannel:
                 if status != 101:
                     length = min(int(fields.get("content-length", "0")), ANSWER_MAX_BODY)
                     raise _refusal(path, status, await channel._recv_exactly(length))
-        except DestinationError:
+            return channel
+        except BaseException as err:
             if channel is not None:
                 channel.close()
+            if isinstance(err, TimeoutError):
+                raise DestinationError(
+                    f"POST {path}: the destination did not answer for {timeout_s:g} s"
+                ) from None
+            if isinstance(err, OSError | ValueError):
+                raise DestinationError(f"POST {path}: {type(err).__name__}: {err}") from err
             raise
-        except TimeoutError:
-            if channel is not None:
-                channel.close()
-            raise DestinationError(
-                f"POST {path}: the destination did not answer for {timeout_s:g} s"
-            ) from None
-        except (OSError, ValueError) as err:
-            if channel is not None:
-                channel.close()
-            raise DestinationError(f"POST {path}: {type(err).__name__}: {err}") from err
-        return channel
 
     async def send(self, parts: Sequence[wire.Buffer]) -> None:
         """Queue one frame's parts; send the queue once it holds `FLUSH_BYTES`.

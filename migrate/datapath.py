@@ -42,7 +42,7 @@ from migrate.transport import DestinationClient, DestinationError
 # ~0.35 us for data it cannot shrink (lz4 skips ahead). A batch is charged by its outcome.
 LZ4_NS_PER_PAGE_SHRUNK = 5000.0
 LZ4_NS_PER_PAGE_RAW = 400.0
-YIELD_EVERY_PAGES = 1 << 16  # let other tasks (channels, a cancel) run at least this often
+YIELD_EVERY_BATCHES = 64  # let other tasks (channels, a cancel) run at least this often
 
 
 @dataclass
@@ -107,16 +107,10 @@ async def send_pass(
     starts = iter(range(0, len(gfns), batch_pages))  # shared: the next batch to hand out
     path = f"/migrations/{migration_id}/pass/{pass_no}"
     started_ns = clock.now_ns
-    opening = [asyncio.ensure_future(PageChannel.open(client.base_url, path, token=client.token,
-                                                      timeout_s=client.timeout_s))
-               for _ in range(n_channels)]
-    await _gather_or_cancel(opening, on_error=lambda: [t.result().close() for t in opening
-                                                       if t.done() and not t.cancelled()
-                                                       and t.exception() is None])
-    opened = [t.result() for t in opening]
+    opened = await _open_channels(client, path, n_channels)
 
     async def run(index: int, channel: PageChannel) -> None:
-        sent = 0
+        sent = batches = 0
         for start in starts:
             if before_read is not None:
                 before_read()
@@ -125,8 +119,9 @@ async def send_pass(
             await _account(clock, frame, compress=compress, channels=n_channels)
             traffic.add(frame)
             sent += frame.n_pages
+            batches += 1
             await channel.send(frame.parts)
-            if not sent % YIELD_EVERY_PAGES:  # a send the socket takes at once never yields
+            if not batches % YIELD_EVERY_BATCHES:  # a send the socket takes at once never yields
                 await asyncio.sleep(0)
         end = wire.encode_control(wire.MsgType.END_OF_PASS, pass_no,
                                   {"pages": sent, "channel": index, "channels": n_channels})
@@ -145,8 +140,23 @@ async def send_pass(
     return traffic
 
 
-async def _gather_or_cancel(tasks: list[asyncio.Future], *,
-                            on_error: Callable[[], object] | None = None) -> None:
+async def _open_channels(client: DestinationClient, path: str, n: int) -> list[PageChannel]:
+    """Open `n` channels at once; if one fails, close those that opened, then re-raise."""
+    tasks = [asyncio.ensure_future(PageChannel.open(client.base_url, path, token=client.token,
+                                                    timeout_s=client.timeout_s))
+             for _ in range(n)]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, PageChannel):
+                outcome.close()
+        raise
+
+
+async def _gather_or_cancel(tasks: list[asyncio.Future]) -> None:
     """Wait for all `tasks`; on the first failure (or a cancel) cancel the rest, then re-raise."""
     try:
         await asyncio.gather(*tasks)
@@ -154,6 +164,4 @@ async def _gather_or_cancel(tasks: list[asyncio.Future], *,
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if on_error is not None:
-            on_error()
         raise

@@ -12,6 +12,9 @@ Routes (bodies are wire frames, answers JSON):
 Handlers parse and delegate. One middleware turns a ProtocolError into its
 status and `{error, detail}`, anything else into a logged 500; either way
 the migration concerned is discarded, so no guest resumes after an error.
+Each refusal is one log line. A `Watchdog` discards the migration of a
+source that falls silent (`idle_timeout_s`), and COMPLETE resumes only
+while the source is still connected to hear it.
 """
 
 from __future__ import annotations

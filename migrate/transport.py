@@ -121,8 +121,8 @@ class _WriteGuard:
         self.writing = False
 
     def body(self, data: Any) -> AsyncIterator[bytes | memoryview] | None:
-        if True:
-            return data
+        if data is None:
+            return None
         if isinstance(data, bytes | bytearray | memoryview):
             return self._pieces(_one(data))
         return self._pieces(data)

@@ -8,6 +8,8 @@
   production code.
 - `guest_truth`: what the guest's memory must hold given what it wrote.
 - `LineReader`: the stdout of a source process, line by line, with a bound.
+- crafted wire bytes (`hello_frame`, `pass_body`, `raw_frame`, ...) and
+  `send_upgraded`, a page channel driven by hand.
 
 Every wait here is bounded; none sleeps longer than a poll interval.
 """
@@ -24,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -206,10 +207,6 @@ class LineReader:
             self.seen.append(line)
             if predicate(line):
                 return line
-
-
-def http_error_body(err: urllib.error.HTTPError) -> dict:
-    return json.loads(err.read())
 
 
 def start_precopy(*args: str, **kwargs: Any) -> subprocess.Popen:

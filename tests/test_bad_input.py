@@ -367,9 +367,12 @@ async def test_decompression_is_bounded(peer):
     await peer.assert_discarded(migration_id, failed)
 
 
-def test_malformed_http_framing():
-    """A chunked body whose next chunk size is not hex. aiohttp stops feeding the handler
-    and answers nothing: the watchdog cuts the stalled stream off, with one line."""
+@pytest.mark.parametrize("split", [True, False], ids=["after-a-good-chunk", "at-once"])
+def test_malformed_http_framing(split):
+    """A chunked body whose chunk size is not hex. Sent after a good chunk, aiohttp stops
+    feeding the handler and answers nothing; sent with the request head, aiohttp answers
+    400 itself (one line: no traceback) and the handler never runs. Either way the
+    watchdog then drops the stalled migration, with one line."""
     with LoggedDestination("--idle-timeout", "0.5") as dest:
         host, port = dest.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as sock:
@@ -377,17 +380,48 @@ def test_malformed_http_framing():
                          + str(len(hello_frame(NPAGES))).encode() + b"\r\n\r\n"
                          + hello_frame(NPAGES))
             migration_id = json.loads(sock.recv(4096).partition(b"\r\n\r\n")[2])["id"]
-            sock.sendall(f"POST /migrations/{migration_id}/pass/1 HTTP/1.1\r\nHost: x\r\n"
-                         "Transfer-Encoding: chunked\r\n\r\n".encode()
-                         + f"{len(ONE):x}\r\n".encode() + ONE + b"\r\n")
-            time.sleep(0.05)  # the handler takes the good chunk first
-            sock.sendall(b"zz\r\n" + ONE + b"\r\n")
+            head = (f"POST /migrations/{migration_id}/pass/1 HTTP/1.1\r\nHost: x\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n".encode())
+            bad = b"zz\r\n" + ONE + b"\r\n"
+            if split:
+                sock.sendall(head + f"{len(ONE):x}\r\n".encode() + ONE + b"\r\n")
+                time.sleep(0.05)  # the handler takes the good chunk first
+                sock.sendall(bad)
+            else:
+                sock.sendall(head + bad)
             answer = sock.recv(4096)  # a 400, or the connection closed: never a hang
         assert answer == b"" or answer.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400")), answer
         status = dest.wait_idle(timeout=5)
         assert (status["failed"], status["completed"]) == (1, 0)
-        lines = dest.wait_log(1)
-        assert len(lines) == 1 and f"migration {migration_id}: discarded" in lines[0], lines
+        lines = dest.wait_log(1 if split else 2)
+        assert not any("Traceback" in line for line in lines), lines
+        assert len(lines) == (1 if split else 2), lines
+        if not split:
+            assert "Error handling request" in lines[0] and "chunk size" in lines[0]
+        assert f"migration {migration_id}: discarded" in lines[-1]
+
+
+def test_peer_gone_mid_body(dest):
+    """A chunked pass whose sender vanishes halfway: discarded, one line, no traceback."""
+    start = dest.status()
+    before = len(dest.lines)
+    host, port = dest.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /migrations HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                     + str(len(hello_frame(NPAGES))).encode() + b"\r\n\r\n"
+                     + hello_frame(NPAGES))
+        migration_id = json.loads(sock.recv(4096).partition(b"\r\n\r\n")[2])["id"]
+        sock.sendall(f"POST /migrations/{migration_id}/pass/1 HTTP/1.1\r\nHost: x\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode()
+                     + f"{len(ONE):x}\r\n".encode() + ONE + b"\r\n")
+        wait_until(lambda: dest.status()["pages-received"] == 1, 5, "the first batch")
+    status = dest.wait_idle()
+    assert status["failed"] == start["failed"] + 1
+    assert status["completed"] == start["completed"]
+    lines = dest.wait_log(before + 1)[before:]
+    time.sleep(0.2)  # a traceback would follow the line at once
+    assert dest.lines[before:] == lines and len(lines) == 1, dest.lines[before:]
+    assert f"migration {migration_id}: discarded" in lines[0] and "connection lost" in lines[0]
 
 
 # ---------------------------------------------------------------- and it still works

@@ -482,3 +482,11 @@ async def test_wall_clock_channels_share_the_rate_limit():
     await asyncio.gather(*(channel() for _ in range(4)))  # 8 MB: 0.4 s at 20 MB/s
     elapsed_s = (clock.now_ns - started) / 1e9
     assert elapsed_s >= 0.4 - RATE_LIMIT_WINDOW_NS / 1e9 - 0.01
+
+
+def test_e2e_wall_clock_channels_keep_to_max_bandwidth(tmp_path):
+    report = _run(tmp_path, "wall", "clock=wall", "migration.channels=3")
+    limit = 64 * 2**20  # small.toml's max-bandwidth
+    first = report["rounds"][0]
+    # One 100 ms window's budget may go ahead of the rate; three channels must not triple it.
+    assert first["bandwidth"] < limit * (1 + 0.1 * limit / first["bytes"]) * 1.1
