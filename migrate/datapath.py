@@ -14,8 +14,8 @@ What the virtual clock models:
   timeline shared by all channels, so N channels carrying B bytes take
   B / bandwidth, as one would (they share the link; the clock's calls never
   suspend, so concurrent channels cannot interleave inside one);
-- lz4: compressing costs `LZ4_NS_PER_PAGE_SHRUNK` per page fed to lz4 when
-  the batch shrank (text-like memory), `LZ4_NS_PER_PAGE_RAW` when it did not
+- lz4: compressing costs the cost table's `lz4_page_shrunk_ns` per page fed
+  to lz4 when the batch shrank (text-like memory), `lz4_page_raw_ns` when it did not
   (lz4 gives up fast on random data), spread over the channels (QEMU
   compresses in its multifd threads) and overlapped with the link, as a
   pipeline runs at its slowest stage: a batch takes
@@ -36,12 +36,10 @@ from migrate import wire
 from migrate.channel import PageChannel
 from migrate.clock import NS_PER_S, Clock
 from migrate.transport import DestinationClient, DestinationError
+from vmmodel import CostTable
 
-# lz4.block.compress of a 256-page batch on one core of these machines (AMD EPYC, 2 vCPUs),
-# per 4 KiB page fed to it (`precopy bench wire`): ~4.9 us for text-like pages (630 MB/s),
-# ~0.35 us for data it cannot shrink (lz4 skips ahead). A batch is charged by its outcome.
-LZ4_NS_PER_PAGE_SHRUNK = 5000.0
-LZ4_NS_PER_PAGE_RAW = 400.0
+DEFAULT_COSTS = CostTable()
+
 YIELD_EVERY_BATCHES = 64  # let other tasks (channels, a cancel) run at least this often
 
 
@@ -69,12 +67,12 @@ class PassTraffic:
 
 
 async def _account(clock: Clock, frame: wire.PagesFrame, *, compress: bool,
-                   channels: int) -> None:
+                   channels: int, costs: CostTable) -> None:
     """Let the batch's time pass on the clock (see the module docstring)."""
     link_ns = frame.nbytes * NS_PER_S / clock.bandwidth_bps
     await clock.transfer(frame.nbytes)
     if compress and frame.n_normal and clock.kind == "virtual":
-        per_page = LZ4_NS_PER_PAGE_SHRUNK if frame.compressed else LZ4_NS_PER_PAGE_RAW
+        per_page = costs.lz4_page_shrunk_ns if frame.compressed else costs.lz4_page_raw_ns
         cpu_ns = frame.n_normal * per_page / channels
         if cpu_ns > link_ns:
             await clock.elapse(cpu_ns - link_ns)
@@ -91,6 +89,7 @@ async def send_pass(
     batch_pages: int,
     channels: int = 1,
     compress: bool = False,
+    costs: CostTable = DEFAULT_COSTS,
     before_read: Callable[[], None] | None = None,
 ) -> PassTraffic:
     """Send the pages `gfns` of `memory` as pass `pass_no` over up to `channels` channels.
@@ -116,7 +115,7 @@ async def send_pass(
                 before_read()
             batch = gfns[start : start + batch_pages]
             frame = wire.encode_gathered(pass_no, memory, batch, compress=compress)
-            await _account(clock, frame, compress=compress, channels=n_channels)
+            await _account(clock, frame, compress=compress, channels=n_channels, costs=costs)
             traffic.add(frame)
             sent += frame.n_pages
             batches += 1

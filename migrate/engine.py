@@ -216,7 +216,7 @@ class Source:
         traffic = await datapath.send_pass(
             self.client, self.migration_id, pass_no, gfns, memory=self.vm.pages,
             clock=self.clock, batch_pages=m.batch_pages, channels=m.channels,
-            compress=m.compression == "lz4",
+            compress=m.compression == "lz4", costs=self.scenario.costs,
             before_read=lambda: self.vm.advance_to(self.clock.now_ns),
         )
         await self.clock.elapse(self.scenario.link.latency_ns)  # the last byte's flight

@@ -30,6 +30,9 @@ class CostTable:
     write_fault_ns: float = 1_500.0  # write-protect fault: VM exit, fast_page_fault, entry
     page_fault_ns: float = 3_000.0  # fault that instantiates an spte
     zap_page_ns: float = 1_000.0  # zap one shadow page (512 sptes, rmap removal)
+    # Host userspace, not KVM: the migration thread compressing a page with lz4.
+    lz4_page_shrunk_ns: float = 5_000.0  # a page of a batch that lz4 shrank
+    lz4_page_raw_ns: float = 400.0  # a page of a batch it could not shrink (sent raw)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
