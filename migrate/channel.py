@@ -177,12 +177,22 @@ class _FrameReader(asyncio.BufferedProtocol):
         # goes: its late failure is expected, not "a Future exception never retrieved".
         self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.last_data = time.monotonic()
+        self.drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._draining = False
+
+    def drain(self) -> None:
+        """Read and drop whatever the source still sends, until it closes (see `_refuse`)."""
+        self._draining = True
+        self._buf, self._filled = memoryview(bytearray(1 << 16)), 0
+        self._transport.resume_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._buf[self._filled:]
 
     def buffer_updated(self, nbytes: int) -> None:
         self.last_data = time.monotonic()
+        if self._draining:
+            return  # dropped: the stream was refused
         self._filled += nbytes
         if self._filled < len(self._buf) or self.done.done():
             return
@@ -216,6 +226,9 @@ class _FrameReader(asyncio.BufferedProtocol):
                 self.done.set_exception(err)
 
     def eof_received(self) -> bool:
+        self._drained()  # the source sends nothing more: nothing left to drain
+        if self._draining:
+            return True
         where = "in the middle of a frame" if self._filled or self._header else "before END_OF_PASS"
         self._finish(TruncatedMessage(
             f"stream of pass {self._stream.pass_no} ended {where}"
@@ -224,7 +237,12 @@ class _FrameReader(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish(ConnectionResetError(f"connection lost: {exc!r}"))
+        self._drained()
         self._http.connection_lost(exc)
+
+    def _drained(self) -> None:
+        if not self.drained.done():
+            self.drained.set_result(None)
 
     def pause_writing(self) -> None:
         self._http.pause_writing()
@@ -278,8 +296,33 @@ async def serve_upgraded(request: web.Request, stream: PassStream, *, idle_s: fl
                                       "status": 500})
     if not transport.is_closing():
         transport.write(answer)
+        if not answer.startswith(_END_OF_PASS_PREFIX):
+            await _refuse(reader, transport)
         transport.close()  # after the answer is flushed
     return response
+
+
+_END_OF_PASS_PREFIX = wire.MAGIC + bytes([wire.VERSION, wire.MsgType.END_OF_PASS])
+REFUSAL_DRAIN_S = 2.0
+
+
+async def _refuse(reader: _FrameReader, transport: asyncio.Transport) -> None:
+    """Make sure the ERROR frame reaches the source before the connection goes.
+
+    Closing a socket with unread input makes the kernel send a reset and drop
+    what it has not sent yet, the ERROR frame included. So: half-close after
+    the answer, drop what the source still sends until it closes its end (it
+    stops once it reads the answer), at most `REFUSAL_DRAIN_S`.
+    """
+    if reader.drained.done() or transport.is_closing():
+        return  # the source has stopped sending already
+    reader.drain()
+    if transport.can_write_eof():
+        transport.write_eof()
+    try:
+        await asyncio.wait_for(asyncio.shield(reader.drained), REFUSAL_DRAIN_S)
+    except TimeoutError:
+        pass
 
 
 # -- the source's end -------------------------------------------------------------------------
@@ -366,7 +409,13 @@ class PageChannel:
             await self.flush()
 
     async def flush(self) -> None:
-        """Send everything queued, straight from the frames' buffers (`sendmsg`)."""
+        """Send everything queued, straight from the frames' buffers (`sendmsg`).
+
+        The destination only speaks before END_OF_PASS to refuse: if it has,
+        raise its error instead of sending into a stream it is dropping.
+        """
+        if self._answered_early():
+            raise await self._lost(ConnectionResetError("the destination refused the stream"))
         parts, self._queue, self._queued = self._queue, [], 0
         while parts:
             try:
@@ -378,6 +427,18 @@ class PageChannel:
             parts = _drop(parts, sent)
             if parts:
                 await self._writable()
+
+    def _answered_early(self) -> bool:
+        """Whether the destination has spoken (or closed) before END_OF_PASS: a refusal."""
+        if self._pending:
+            return True
+        try:
+            self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False  # nothing to read: the normal case
+        except OSError:
+            return True  # reset: `_lost` says what the destination said, if anything
+        return True  # its answer, or its end of the connection closed
 
     async def _writable(self) -> None:
         """Wait until the socket takes data again, at most `timeout_s`."""

@@ -290,8 +290,9 @@ async def send_upgraded(url: str, path: str, body: bytes) -> tuple[int | None, s
     as raw frames, then end of stream. Return the answer's status and error code (None on
     success), or (None, None) if the answer was lost.
 
-    The destination answers a refusal with an ERROR frame and closes; when our bytes
-    are still unread there, the close is a reset that can overtake the answer.
+    The destination answers a refusal with an ERROR frame, half-closes and drops what
+    we still send until we close, so the answer is never lost to a reset; (None, None)
+    means it was.
     """
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
