@@ -180,6 +180,12 @@ class MigrationParams:
     batch_pages: int = 256
     compression: str = "none"
     channels: int = 1
+    # QEMU's auto-converge capability and its cpu-throttle parameters (migration/options.c).
+    auto_converge: bool = False
+    throttle_trigger_threshold: int = 50  # percent of the bytes sent in a period
+    cpu_throttle_initial: int = 20
+    cpu_throttle_increment: int = 10
+    cpu_throttle_max: int = 99
 
     def __post_init__(self) -> None:
         _check_positive("migration.downtime-limit", self.downtime_limit_ns, units.format_ns)
@@ -196,6 +202,11 @@ class MigrationParams:
             raise ConfigError(f"config: migration.compression: {self.compression!r} "
                               f"is not one of {', '.join(COMPRESSIONS)}")
         _check_range("migration.channels", self.channels, 1, wire.MAX_CHANNELS)
+        _check_range("migration.throttle-trigger-threshold", self.throttle_trigger_threshold,
+                     1, 100)
+        _check_range("migration.cpu-throttle-initial", self.cpu_throttle_initial, 1, 99)
+        _check_range("migration.cpu-throttle-increment", self.cpu_throttle_increment, 1, 99)
+        _check_range("migration.cpu-throttle-max", self.cpu_throttle_max, 1, 99)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -207,6 +218,11 @@ class MigrationParams:
             "batch-pages": self.batch_pages,
             "compression": self.compression,
             "channels": self.channels,
+            "auto-converge": self.auto_converge,
+            "throttle-trigger-threshold": self.throttle_trigger_threshold,
+            "cpu-throttle-initial": self.cpu_throttle_initial,
+            "cpu-throttle-increment": self.cpu_throttle_increment,
+            "cpu-throttle-max": self.cpu_throttle_max,
         }
 
     @classmethod
@@ -231,6 +247,12 @@ class MigrationParams:
             batch_pages=t.integer("batch-pages", d.batch_pages),
             compression=t.choice("compression", COMPRESSIONS, d.compression),
             channels=t.integer("channels", d.channels),
+            auto_converge=t.flag("auto-converge", d.auto_converge),
+            throttle_trigger_threshold=t.integer("throttle-trigger-threshold",
+                                                 d.throttle_trigger_threshold),
+            cpu_throttle_initial=t.integer("cpu-throttle-initial", d.cpu_throttle_initial),
+            cpu_throttle_increment=t.integer("cpu-throttle-increment", d.cpu_throttle_increment),
+            cpu_throttle_max=t.integer("cpu-throttle-max", d.cpu_throttle_max),
         )
 
 

@@ -22,7 +22,7 @@ from migrate.config import Scenario
 from migrate.datapath import PassTraffic
 from migrate.digest import page_digests
 from migrate.errors import ProtocolError
-from migrate.policy import Decision, PassFigures, decide
+from migrate.policy import AutoConverge, Decision, PassFigures, decide
 from migrate.report import Report, RoundRecord
 from migrate.transport import DestinationClient, DestinationError
 from vmmodel import PAGE_SIZE, GuestStats, HarvestResult, Vm
@@ -54,6 +54,11 @@ class Source:
         self._lz4_raw_bytes = 0  # NORMAL-page bytes that lz4 shrank, before lz4
         self._last_sync_ns = 0.0
         self._verify_wall_ns = 0.0
+        m = scenario.migration
+        self.auto_converge = AutoConverge(
+            threshold_pct=m.throttle_trigger_threshold, initial_pct=m.cpu_throttle_initial,
+            increment_pct=m.cpu_throttle_increment, maximum_pct=m.cpu_throttle_max,
+        ) if m.auto_converge else None
 
     # ------------------------------------------------------------------ run
 
@@ -151,6 +156,10 @@ class Source:
         self.ram.remaining = remaining
         self._record(iteration, "precopy", start, pending, traffic, harvest, before,
                      bandwidth, expected)
+        if self.auto_converge is not None:
+            pct = self.auto_converge.after_sync(now, traffic.bytes, remaining)
+            self.vm.throttle = pct / 100  # the vCPUs run (100 - pct) % of the time from now
+            self.report.cpu_throttle_percentage = pct
         figures = PassFigures(iteration, remaining, bandwidth, now)
         return harvest.gfns, figures
 
@@ -253,6 +262,7 @@ class Source:
             faults=stats.faults - before.faults,
             vcpu_stall_ns=stats.vcpu_stall_ns - before.vcpu_stall_ns,
             fault_ns=stats.fault_ns - before.fault_ns,
+            cpu_throttle_percentage=round(self.vm.throttle * 100),
             harvest=harvest.to_dict(),
         )
         self.report.rounds.append(record)

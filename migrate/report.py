@@ -32,6 +32,7 @@ class RoundRecord(Record):
     faults: int = 0  # guest write faults during the pass
     vcpu_stall_ns: float = 0.0  # guest time lost waiting for mmu_lock
     fault_ns: float = 0.0  # guest time lost in write faults
+    cpu_throttle_percentage: int = 0  # auto-converge's throttle during the pass
     harvest: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,6 +64,7 @@ class Report(Record):
     # The policy's last word: "switchover" (converged), "force", "cancel", or "continue"
     # when the migration ended some other way mid-iteration.
     switchover: str = ""
+    cpu_throttle_percentage: int = 0  # auto-converge's throttle at the end (QEMU's name)
     ram: RamStats = field(default_factory=RamStats)
     verified: bool = False
     lost_pages: list[int] = field(default_factory=list)

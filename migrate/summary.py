@@ -50,7 +50,9 @@ def summary_table(report: Report) -> str:
         f"dirty rate {ram.dirty_pages_rate:,.0f} pages/s",
         f"guest            {report.guest.get('writes', 0):,} writes, "
         f"{report.guest.get('write-faults', 0):,} write faults, "
-        f"{report.guest.get('vcpu-stall-ns', 0) / 1e6:,.2f} ms vCPU stall on mmu_lock",
+        f"{report.guest.get('vcpu-stall-ns', 0) / 1e6:,.2f} ms vCPU stall on mmu_lock"
+        + (f", throttled to {100 - report.cpu_throttle_percentage} % by auto-converge"
+           if report.cpu_throttle_percentage else ""),
         f"wall time        {report.wall_time_s:.2f} s",
         "",
     ]

@@ -189,3 +189,22 @@ def test_protect_before_take_is_caught(tmp_path):
     assert proc.returncode == 1
     report = load_json(out)
     assert report["verified"] is False and report["lost-pages"]
+
+
+def test_auto_converge_makes_a_hopeless_workload_converge(tmp_path):
+    """The workload of test_non_converging_workload, with QEMU's auto-converge on."""
+    out = tmp_path / "ac.json"
+    proc = precopy(
+        "run", str(SMALL), "--quiet", "--json", str(out),
+        "--set", "guest.workload.kind=uniform", "--set", "guest.workload.rate=40000",
+        "--set", "guest.workload.working-set=16MiB", "--set", "migration.max-bandwidth=16MiB/s",
+        "--set", "migration.auto-converge=true",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = load_json(out)
+    assert report["switchover"] == "switchover" and report["verified"] is True
+    throttles = [r["cpu-throttle-percentage"] for r in report["rounds"]]
+    assert throttles == sorted(throttles) and throttles[0] == 0 and throttles[-1] >= 20
+    assert report["cpu-throttle-percentage"] == throttles[-1]
+    # Throttled vCPUs write less: the last pass's dirty set is well below the working set.
+    assert report["rounds"][-1]["dirty-pages"] < 0.5 * 4096
