@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import queue
-import signal
 import struct
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from migrate.config import Scenario, load_scenario
 from migrate.digest import page_digests
 from migrate.engine import Source
 from migrate.transport import DestinationClient
-from tests.procs import ROOT, SMALL, Destination
+from tests.procs import ROOT, SMALL, Destination, terminate
 from vmmodel import Vm
 
 POLL_S = 0.02
@@ -107,14 +106,7 @@ class LoggedDestination(Destination):
         return wait_until(idle, timeout, "the destination to be idle")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGCONT)  # a stopped process would sit on SIGTERM
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._reader.join(timeout=5)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:
