@@ -208,3 +208,21 @@ def test_auto_converge_makes_a_hopeless_workload_converge(tmp_path):
     assert report["cpu-throttle-percentage"] == throttles[-1]
     # Throttled vCPUs write less: the last pass's dirty set is well below the working set.
     assert report["rounds"][-1]["dirty-pages"] < 0.5 * 4096
+
+
+def test_a_sync_over_two_slots_reports_each_slots_harvest(tmp_path):
+    """The heuristic decides per memslot: with a framebuffer, each sync keeps both records."""
+    out = tmp_path / "vga.json"
+    proc = precopy("run", str(SMALL), "--quiet", "--json", str(out), "--set", "guest.vga=true",
+                   "--set", "guest.vga-memory=4MiB",
+                   "--set", 'guest.workload.kind=mix',
+                   "--set", 'guest.workload.parts=[{kind="hotspot", rate=6000}, {kind="vga"}]')
+    assert proc.returncode == 0, proc.stderr
+    for r in load_json(out)["rounds"]:
+        h = r["harvest"]
+        assert h["slot"] == "ram+vga" and [s["slot"] for s in h["slots"]] == ["ram", "vga"]
+        for s in h["slots"]:
+            expected = "rmap" if s["nr-dirty-pages"] < s["n-used-mmu-pages"] else "walk"
+            assert s["branch"] == expected
+        assert h["branch"] == "+".join(s["branch"] for s in h["slots"])
+        assert h["modeled-ns"] == pytest.approx(sum(s["modeled-ns"] for s in h["slots"]), abs=2)

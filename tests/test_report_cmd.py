@@ -130,3 +130,22 @@ def test_report_x_axis_and_bad_folders(swept, tmp_path):
     proc = precopy("report", str(tmp_path))
     assert proc.returncode == 2 and "no results.jsonl" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_harvests_expand_a_multi_slot_sync_and_fit_on_ram_only():
+    from migrate.experiments.metrics import harvests
+    from migrate.experiments.results import PointResult
+
+    def rec(slot: str, branch: str, dirty: int) -> dict:
+        return {"slot": slot, "strategy": "heuristic", "branch": branch, "modeled-ns": 1000,
+                "nr-dirty-pages": dirty, "n-used-mmu-pages": 100, "lock-hold-ns": 10}
+
+    merged = {**rec("ram+vga", "rmap+walk", 1050),
+              "slots": [rec("ram", "rmap", 50), rec("vga", "walk", 1000)]}
+    report = {"config": {"mmu": {"shape": "tdp", "strategy": "heuristic"}},
+              "rounds": [{"round": 1, "phase": "precopy", "harvest": merged},
+                         {"round": 2, "phase": "precopy", "harvest": rec("ram", "walk", 500)}]}
+    hs = harvests(PointResult(name="p", report=report))
+    assert [(h.slot, h.branch, h.nr_dirty_pages) for h in hs] == [
+        ("ram", "rmap", 50), ("vga", "walk", 1000), ("ram", "walk", 500)]
+    assert [h.of_ram for h in hs] == [True, False, True]

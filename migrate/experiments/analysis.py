@@ -154,11 +154,11 @@ class Crossover:
 
 
 def crossovers(results: list[PointResult]) -> list[Crossover]:
-    """Fit walk and rmap costs per MMU shape over every single-slot harvest with dirty pages."""
+    """Fit walk and rmap costs per MMU shape over every RAM-slot harvest with dirty pages."""
     by_shape: dict[str, list[Harvest]] = {}
     for r in results:
         for h in harvests(r):
-            if h.nr_dirty_pages > 0 and "+" not in h.branch and h.n_used_mmu_pages > 0:
+            if h.nr_dirty_pages > 0 and h.of_ram and h.n_used_mmu_pages > 0:
                 by_shape.setdefault(h.shape, []).append(h)
     out = []
     for shape, hs in by_shape.items():

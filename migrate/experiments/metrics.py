@@ -43,6 +43,13 @@ class Harvest:
     n_used_mmu_pages: int
     modeled_ns: float
     lock_hold_ns: float
+    slot: str = "ram"  # the memslot harvested (reports before per-slot records: "")
+
+    @property
+    def of_ram(self) -> bool:
+        """A harvest of the RAM slot alone: what the crossover is fitted on (a framebuffer
+        slot's walk costs less, as fewer shadow pages map it)."""
+        return self.slot in ("ram", "") and "+" not in self.branch
 
     @property
     def dirty_ratio(self) -> float:
@@ -94,16 +101,20 @@ def harvests(result: PointResult) -> list[Harvest]:
     shape = config_value(report, "mmu.shape", "?")
     out = []
     for r in report.get("rounds", []):
-        h = r.get("harvest") or {}
-        if "modeled-ns" not in h:
-            continue
-        out.append(Harvest(
-            point=result.name, strategy=h.get("strategy", strategy), branch=h.get("branch", "?"),
-            shape=shape, phase=r.get("phase", "?"), round=int(r.get("round", 0)),
-            nr_dirty_pages=int(h.get("nr-dirty-pages", 0)),
-            n_used_mmu_pages=int(h.get("n-used-mmu-pages", 0)),
-            modeled_ns=float(h["modeled-ns"]), lock_hold_ns=float(h.get("lock-hold-ns", 0)),
-        ))
+        record = r.get("harvest") or {}
+        # A sync over several memslots carries each slot's own harvest: the heuristic
+        # decides per slot, so each is one point of the crossover.
+        for h in record.get("slots") or [record]:
+            if "modeled-ns" not in h:
+                continue
+            out.append(Harvest(
+                point=result.name, strategy=h.get("strategy", strategy),
+                branch=h.get("branch", "?"), shape=shape, phase=r.get("phase", "?"),
+                round=int(r.get("round", 0)), nr_dirty_pages=int(h.get("nr-dirty-pages", 0)),
+                n_used_mmu_pages=int(h.get("n-used-mmu-pages", 0)),
+                modeled_ns=float(h["modeled-ns"]), lock_hold_ns=float(h.get("lock-hold-ns", 0)),
+                slot=str(h.get("slot", "")),
+            ))
     return out
 
 

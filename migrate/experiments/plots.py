@@ -104,7 +104,7 @@ def _crossover(plt: Any, results: list[PointResult]) -> Any:
     skipped = 0
     for r in results:
         for h in harvests(r):
-            if h.nr_dirty_pages == 0 or "+" in h.branch or not h.n_used_mmu_pages:
+            if h.nr_dirty_pages == 0 or not h.of_ram or not h.n_used_mmu_pages:
                 skipped += 1
                 continue
             by_shape.setdefault(h.shape, []).append(h)
@@ -157,7 +157,7 @@ def _crossover(plt: Any, results: list[PointResult]) -> Any:
         ax.set_ylabel("modeled harvest time (us of kernel time)")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    note = f"; {skipped} harvests without dirty pages or over several slots not shown"
+    note = f"; {skipped} harvests without dirty pages or of the framebuffer slot not shown"
     fig.suptitle("Harvest cost against the dirty ratio, every sync of every point"
                  + (note if skipped else ""), fontsize=10)
     _subtitle(fig, results)

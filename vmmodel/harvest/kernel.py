@@ -40,10 +40,13 @@ class HarvestResult:
     tlb_flushes: int = 0
     nr_dirty_pages: int = 0  # bits set when the harvest started
     n_used_mmu_pages: int = 0  # shadow pages in use when it started
+    slot: str = ""  # the memslot's name ("ram+vga" for a sync over both)
+    slots: tuple[HarvestResult, ...] = ()  # a sync over several slots: each one's own record
 
     def to_dict(self) -> dict[str, Any]:
         """The report's `harvest` record (without the gfns), in its spelling."""
-        return {
+        record = {
+            "slot": self.slot,
             "strategy": self.strategy,
             "branch": self.branch,
             "modeled-ns": round(self.kernel_ns),
@@ -57,6 +60,9 @@ class HarvestResult:
             "nr-dirty-pages": self.nr_dirty_pages,
             "n-used-mmu-pages": self.n_used_mmu_pages,
         }
+        if self.slots:  # the heuristic decides per slot: keep each decision visible
+            record["slots"] = [r.to_dict() for r in self.slots]
+        return record
 
     @classmethod
     def merge(cls, results: list[HarvestResult]) -> HarvestResult:
@@ -66,13 +72,15 @@ class HarvestResult:
         summed = {
             f.name: sum(getattr(r, f.name) for r in results)
             for f in dataclasses.fields(cls)
-            if f.name not in ("gfns", "strategy", "branch")
+            if f.name not in ("gfns", "strategy", "branch", "slot", "slots")
         }
         summed["n_used_mmu_pages"] = results[0].n_used_mmu_pages
         return cls(
             gfns=np.concatenate([r.gfns for r in results]),
             strategy=results[0].strategy,
             branch="+".join(r.branch for r in results),
+            slot="+".join(r.slot for r in results),
+            slots=tuple(results),
             **summed,
         )
 
@@ -151,5 +159,6 @@ class KernelWork:
             wall_ns=time.perf_counter_ns() - self._wall_start,
             nr_dirty_pages=self.nr_dirty_pages,
             n_used_mmu_pages=self.n_used_mmu_pages,
+            slot=self.slot.name,
             **self.counts,
         )
