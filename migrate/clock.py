@@ -32,6 +32,12 @@ class Clock(Protocol):
     async def transfer(self, nbytes: int) -> None:
         """`nbytes` were put on the link; return when the link has carried them."""
 
+    async def drain(self) -> None:
+        """Return once the link has carried every byte handed to `transfer`."""
+
+    def set_bandwidth(self, bandwidth_bps: float) -> None:
+        """Change the rate the link is held to (QEMU lifts its limit at stop-and-copy)."""
+
 
 class VirtualClock:
     kind = "virtual"
@@ -55,6 +61,14 @@ class VirtualClock:
         # Never suspends: parallel channels' calls queue on one timeline, so B bytes take
         # B / bandwidth however many channels carry them (they share the link).
         self._now += nbytes * NS_PER_S / self.bandwidth_bps
+
+    async def drain(self) -> None:
+        return  # transfer() already moved time past every byte
+
+    def set_bandwidth(self, bandwidth_bps: float) -> None:
+        if bandwidth_bps <= 0:
+            raise ValueError("bandwidth must be positive")
+        self.bandwidth_bps = bandwidth_bps
 
 
 class WallClock:
@@ -86,6 +100,17 @@ class WallClock:
         ahead_ns = self._booked_until - now - RATE_LIMIT_WINDOW_NS
         if ahead_ns > 0:
             await asyncio.sleep(ahead_ns / NS_PER_S)
+
+    async def drain(self) -> None:
+        # transfer() lets bookings run up to a window ahead: a pass has not gone until they end.
+        behind_ns = self._booked_until - self.now_ns
+        if behind_ns > 0:
+            await asyncio.sleep(behind_ns / NS_PER_S)
+
+    def set_bandwidth(self, bandwidth_bps: float) -> None:
+        if bandwidth_bps <= 0:
+            raise ValueError("bandwidth must be positive")
+        self.bandwidth_bps = bandwidth_bps
 
 
 def make_clock(kind: str, bandwidth_bps: float) -> Clock:

@@ -154,6 +154,18 @@ def _check_positive(key: str, value: float, spell: Callable[[Any], str]) -> None
         raise ConfigError(f"config: {key}: {spell(value)} is not positive")
 
 
+# Floors and ceilings that keep a run finite: the model advances in slices and sends in
+# batches, so a link of a few bytes a second or a day of latency would run for ever.
+MIN_BANDWIDTH_BPS = 1000.0
+MAX_LATENCY_NS = 10_000_000_000
+
+
+def _check_bandwidth(key: str, value: float) -> None:
+    if not value >= MIN_BANDWIDTH_BPS:
+        raise ConfigError(f"config: {key}: {units.format_rate(value)} is below "
+                          f"{units.format_rate(MIN_BANDWIDTH_BPS)}")
+
+
 def _spec_call(path: str, build: Callable[[], Any]) -> Any:
     """Build a vmmodel spec, turning its SpecError into a ConfigError under *path*."""
     try:
@@ -189,7 +201,7 @@ class MigrationParams:
 
     def __post_init__(self) -> None:
         _check_positive("migration.downtime-limit", self.downtime_limit_ns, units.format_ns)
-        _check_positive("migration.max-bandwidth", self.max_bandwidth_bps, units.format_rate)
+        _check_bandwidth("migration.max-bandwidth", self.max_bandwidth_bps)
         _check_range("migration.max-iterations", self.max_iterations, 1)
         _check_positive("migration.max-time", self.max_time_ns, units.format_ns)
         if self.on_no_convergence not in NO_CONVERGENCE_POLICIES:
@@ -264,8 +276,10 @@ class LinkParams:
     latency_ns: int = 100_000
 
     def __post_init__(self) -> None:
-        _check_positive("link.bandwidth", self.bandwidth_bps, units.format_rate)
-        _check_range("link.latency", self.latency_ns, 0)
+        _check_bandwidth("link.bandwidth", self.bandwidth_bps)
+        if not 0 <= self.latency_ns <= MAX_LATENCY_NS:
+            raise ConfigError(f"config: link.latency: {units.format_ns(self.latency_ns)} is not "
+                              f"in 0..{units.format_ns(MAX_LATENCY_NS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

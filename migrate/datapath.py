@@ -135,6 +135,7 @@ async def send_pass(
     finally:
         for channel in opened:
             channel.close()
+    await clock.drain()  # the wall clock's link may still be carrying the last window
     traffic.send_ns = clock.now_ns - started_ns
     return traffic
 

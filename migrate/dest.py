@@ -248,7 +248,7 @@ async def post_hello(request: web.Request) -> web.Response:
 
 def _pass_number(request: web.Request) -> int:
     text = request.match_info["n"]
-    if not text.isdigit() or len(text) > 9:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:  # "²".isdigit() is True
         raise UnexpectedMessage(f"bad pass number {text!r}")
     return int(text)
 

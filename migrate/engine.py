@@ -101,6 +101,7 @@ class Source:
     async def _abort(self, status: str, why: str) -> None:
         """Leave the guest running here, intact, and tell the destination to discard."""
         self.vm.resume()
+        self.vm.throttle = 0.0  # QEMU's cpu_throttle_stop() when a migration ends
         self.report.status = status
         self.report.error = why
         self.ram.remaining = self.vm.dirty_pages_pending() * PAGE_SIZE
@@ -177,6 +178,9 @@ class Source:
         before = GuestStats(**asdict(self.vm.stats))
         self.vm.advance_to(paused_at)
         self.vm.pause()
+        # QEMU lifts max-bandwidth for the completion (migration_completion_precopy:
+        # migration_rate_set(RATE_LIMIT_DISABLED)): the rest goes at the link's speed.
+        self.clock.set_bandwidth(self.scenario.link.bandwidth_bps)
         harvest = await self.sync()
         rest = np.union1d(pending, harvest.gfns)
         traffic = await self.send_pages(pass_no, rest)
@@ -199,8 +203,9 @@ class Source:
         self.report.total_time_ms = self.clock.now_ns / NS_PER_MS
         self.report.verify_wall_ms = self._verify_wall_ns / NS_PER_MS
         self.ram.remaining = 0
+        bandwidth = traffic.bytes * NS_PER_S / traffic.send_ns if traffic.send_ns else 0.0
         self._record(pass_no, "stop-and-copy", paused_at, rest, traffic, harvest, before,
-                     self.bandwidth_bps, downtime)
+                     bandwidth, downtime)
         self._verdict(answer)
 
     def _verdict(self, answer: dict) -> None:
@@ -211,8 +216,9 @@ class Source:
         if verified:
             self.report.status = "completed"
             return
-        # The destination did not resume: the guest carries on here.
+        # The destination did not resume: the guest carries on here, unthrottled.
         self.vm.resume()
+        self.vm.throttle = 0.0
         self.report.status = "failed"
         self.report.error = (f"verification failed: {len(self.report.lost_pages)} pages at the "
                              "destination differ from the source (lost writes)")

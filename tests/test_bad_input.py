@@ -206,6 +206,8 @@ async def test_bad_page_stream(peer, name, via):
 
 @pytest.mark.parametrize("path,code", [("/pass/0", "pass-out-of-order"),
                                        ("/pass/x1", "unexpected-message"),
+                                       ("/pass/%C2%B2", "unexpected-message"),
+                                       ("/pass/%D9%A1", "unexpected-message"),
                                        ("/pass/99999999999", "unexpected-message")])
 async def test_bad_pass_number(peer, path, code):
     failed = peer.dest.status()["failed"]

@@ -469,3 +469,16 @@ def _to_toml(data: dict, prefix: str = "") -> str:
             lines.append(f"\n[{name}]")
             lines.append(_to_toml(v, name))
     return "\n".join(lines)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("link.bandwidth=1bit/s", "link.bandwidth"),
+    ("migration.max-bandwidth=10B/s", "migration.max-bandwidth"),
+    ("link.latency=1e30s", "link.latency"),
+    ("guest.slice=1ns", "guest.slice"),
+    ("guest.workload.rate=1e300", "guest.workload.rate"),
+    ("guest.memory=2048TiB", "guest.memory"),
+])
+def test_bounds_that_keep_a_run_finite(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_scenario(None, [override])

@@ -38,6 +38,13 @@ def test_default_run_completes_and_verifies(tmp_path):
     # QEMU's rule: switch over only once the remaining bytes fit the downtime limit.
     last = passes[-1]
     assert last["expected-downtime"] <= 300.0 and report["switchover"] == "switchover"
+    # Precopy is held to max-bandwidth (128 MiB/s); the stop-and-copy is not, as in QEMU
+    # (migration_rate_set(RATE_LIMIT_DISABLED)): it runs at the 10 Gbit/s link's speed.
+    mib_s = 1 << 20
+    assert all(r["bandwidth"] == pytest.approx(128 * mib_s, rel=0.01) for r in passes)
+    stop = report["rounds"][-1]
+    assert stop["phase"] == "stop-and-copy" and stop["bandwidth"] > 8 * 128 * mib_s
+    assert report["downtime"] < last["expected-downtime"] / 5
     assert report["ram"]["dirty-sync-count"] == len(report["rounds"]) + 1  # + setup sync
     assert Report.from_dict(report).to_dict() == report
 
@@ -87,11 +94,13 @@ def test_dest_serves_migrations_one_after_another(tmp_path):
                                                 ("cancel", "cancelled", 1)])
 def test_non_converging_workload(tmp_path, policy, status, code):
     out = tmp_path / f"{policy}.json"
-    # 40k writes/s over 16 MiB (4096 pages) against 16 MiB/s: never under the limit.
+    # 40k writes/s over 16 MiB (4096 pages) against a 16 MiB/s link: never under the limit,
+    # and the stop-and-copy cannot go faster than the link either.
     proc = precopy(
         "run", str(SMALL), "--quiet", "--json", str(out),
         "--set", "guest.workload.kind=uniform", "--set", "guest.workload.rate=40000",
         "--set", "guest.workload.working-set=16MiB", "--set", "migration.max-bandwidth=16MiB/s",
+        "--set", "link.bandwidth=16MiB/s",
         "--set", "migration.max-iterations=4", "--set", f"migration.on-no-convergence={policy}",
     )
     assert proc.returncode == code, proc.stderr

@@ -14,6 +14,10 @@ from typing import Any
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
+# Bounds that keep a run finite on one machine: the guest advances slice by slice.
+MIN_SLICE_NS = 10_000
+MAX_WRITE_RATE = 1e9  # writes per second, all vCPUs
+MAX_GUEST_PAGES = 1 << 28  # 1 TiB
 
 WORKLOAD_KINDS = ("idle", "uniform", "hotspot", "zipf", "sequential", "vga", "phases", "mix")
 MMU_SHAPES = ("tdp", "shadow")
@@ -59,8 +63,8 @@ class WorkloadSpec:
         if self.kind not in WORKLOAD_KINDS:
             kinds = ", ".join(WORKLOAD_KINDS)
             raise SpecError(f"workload.kind: {self.kind!r} is not one of {kinds}")
-        if not (math.isfinite(self.rate) and self.rate >= 0):
-            raise SpecError(f"workload.rate: {self.rate} is not a finite non-negative number")
+        if not (math.isfinite(self.rate) and 0 <= self.rate <= MAX_WRITE_RATE):
+            raise SpecError(f"workload.rate: {self.rate} is not in 0..{MAX_WRITE_RATE:.0e}")
         if self.working_set_pages < 0:
             raise SpecError("workload.working-set: negative")
         for name in ("hot_writes", "hot_memory", "region"):
@@ -112,12 +116,14 @@ class GuestSpec:
     def __post_init__(self) -> None:
         if self.memory_pages < 512:
             raise SpecError(f"guest.memory: {self.memory_pages} pages is less than 2 MiB")
+        if self.memory_pages + self.vga_pages > MAX_GUEST_PAGES:
+            raise SpecError("guest.memory: more than 1 TiB (the model keeps per-page state)")
         if not 1 <= self.vcpus <= 256:
             raise SpecError(f"guest.vcpus: {self.vcpus} is not in 1..256")
         if self.vga_pages < 0:
             raise SpecError("guest.vga-memory: negative")
-        if self.slice_ns <= 0:
-            raise SpecError("guest.slice: must be positive")
+        if self.slice_ns < MIN_SLICE_NS:
+            raise SpecError(f"guest.slice: {self.slice_ns} ns is under {MIN_SLICE_NS // 1000} us")
         kinds = {self.workload.kind} | {p.kind for p in self.workload.phases + self.workload.parts}
         if "vga" in kinds and not self.vga_pages:
             raise SpecError("guest.workload: a 'vga' workload needs guest.vga = true")
