@@ -291,8 +291,9 @@ async def post_complete(request: web.Request) -> web.Response:
         # The source gave up waiting and resumes its guest: never run a second copy here.
         verified = False
         why = "verified, but the source left before it could hear RESUMED"
+        result = {**result, "status": "not-resumed", "resumed": False}
     else:
-        why = "resumed" if verified else f"{len(result['lost-gfns'])} pages differ from the source"
+        why = "resumed" if verified else f"{result['lost-count']} pages differ from the source"
     receiver.finish(incoming, ok=verified, why=why)
     _notify(request.app, ok=verified)
     return web.json_response(result)

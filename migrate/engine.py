@@ -213,6 +213,8 @@ class Source:
         verified = answer.get("verified") is True and lost == []
         self.report.verified = verified
         self.report.lost_pages = [int(g) for g in lost] if isinstance(lost, list) else []
+        count = answer.get("lost-count")
+        self.report.lost_count = count if isinstance(count, int) else len(self.report.lost_pages)
         if verified:
             self.report.status = "completed"
             return
@@ -220,7 +222,7 @@ class Source:
         self.vm.resume()
         self.vm.throttle = 0.0
         self.report.status = "failed"
-        self.report.error = (f"verification failed: {len(self.report.lost_pages)} pages at the "
+        self.report.error = (f"verification failed: {self.report.lost_count} pages at the "
                              "destination differ from the source (lost writes)")
 
     # ------------------------------------------------------------------ data path

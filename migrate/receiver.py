@@ -29,6 +29,7 @@ from migrate.errors import (
 )
 
 log = logging.getLogger("precopy.dest")
+LOST_GFNS_LISTED = 10_000  # a wholly broken run of a big guest would otherwise answer in GBs
 
 
 @dataclass
@@ -188,7 +189,8 @@ class Receiver:
             "status": "resumed" if verified else "verification-failed",
             "verified": verified,
             "digest": memory_digest(mine),
-            "lost-gfns": lost.tolist(),
+            "lost-gfns": lost[:LOST_GFNS_LISTED].tolist(),  # enough to debug, bounded in size
+            "lost-count": len(lost),
             "pages-received": incoming.pages_received,
             "device-state-bytes": len(device_state),
             "verify-ms": (time.perf_counter() - started) * 1e3,

@@ -67,7 +67,8 @@ class Report(Record):
     cpu_throttle_percentage: int = 0  # auto-converge's throttle at the end (QEMU's name)
     ram: RamStats = field(default_factory=RamStats)
     verified: bool = False
-    lost_pages: list[int] = field(default_factory=list)
+    lost_pages: list[int] = field(default_factory=list)  # the first 10,000 at most
+    lost_count: int = 0
     error: str | None = None
     seed: int = 0
     clock: str = "virtual"

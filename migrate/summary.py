@@ -33,8 +33,8 @@ def summary_table(report: Report) -> str:
     lines = [
         f"status           {report.status}" + (f" ({report.error})" if report.error else ""),
         f"verified         {verdict}"
-        + (f", {len(report.lost_pages)} lost pages: {report.lost_pages[:10]}"
-           + (" ..." if len(report.lost_pages) > 10 else "") if report.lost_pages else ""),
+        + (f", {report.lost_count} lost pages: {report.lost_pages[:10]}"
+           + (" ..." if report.lost_count > 10 else "") if report.lost_pages else ""),
         f"scenario         {report.config.get('guest', {}).get('memory', '?')} guest, "
         f"{workload.get('kind', '?')} workload, {mmu.get('shape', '?')} MMU, "
         f"{mmu.get('strategy', '?')} harvest, {report.clock} clock, seed {report.seed}",

@@ -490,3 +490,15 @@ def test_e2e_wall_clock_channels_keep_to_max_bandwidth(tmp_path):
     first = report["rounds"][0]
     # One 100 ms window's budget may go ahead of the rate; three channels must not triple it.
     assert first["bandwidth"] < limit * (1 + 0.1 * limit / first["bytes"]) * 1.1
+
+
+def test_verification_names_lost_pages_but_bounded():
+    from migrate.receiver import LOST_GFNS_LISTED
+
+    npages = LOST_GFNS_LISTED + 500
+    receiver, incoming = _receiver(npages)
+    source = page_digests(np.ones((npages, PAGE), dtype=np.uint8))  # nothing was received
+    receiver.begin_complete(incoming)
+    result = receiver.verify(incoming, b"dev", source)
+    assert result["verified"] is False and result["lost-count"] == npages
+    assert result["lost-gfns"] == list(range(LOST_GFNS_LISTED))

@@ -56,7 +56,7 @@ def test_broken_strategy_is_caught_losing_writes(tmp_path):
     report = load_json(out)
     assert report["verified"] is False
     assert report["status"] == "failed"
-    assert len(report["lost-pages"]) > 0
+    assert len(report["lost-pages"]) > 0 and report["lost-count"] == len(report["lost-pages"])
     assert all(0 <= g < report["ram"]["total"] // 4096 for g in report["lost-pages"])
     assert "lost pages" in proc.stdout
 
