@@ -234,7 +234,7 @@ class Source:
             self.client, self.migration_id, pass_no, gfns, memory=self.vm.pages,
             clock=self.clock, batch_pages=m.batch_pages, channels=m.channels,
             compress=m.compression == "lz4", costs=self.scenario.costs,
-            before_read=lambda: self.vm.advance_to(self.clock.now_ns),
+            before_read=self._before_batch,
         )
         await self.clock.elapse(self.scenario.link.latency_ns)  # the last byte's flight
         self.ram.transferred += traffic.bytes
@@ -246,6 +246,19 @@ class Source:
         wire_bytes = self.ram.normal_bytes - self._lz4_raw_bytes + self.ram.compressed_bytes
         self.ram.compression_ratio = self.ram.normal_bytes / wire_bytes if wire_bytes else 1.0
         return traffic
+
+    def _before_batch(self) -> None:
+        """Run the guest up to now, so the batch is read as it is at the time it is sent.
+
+        Raise `MigrationCancelled` if a precopy pass alone outlasts twice max-time (a link
+        far too slow for the guest): the policy only looks between passes.
+        """
+        now = self.clock.now_ns
+        if not self.vm.paused and now > 2 * self.scenario.migration.max_time_ns:
+            raise MigrationCancelled(
+                f"a precopy pass was still sending after {now / NS_PER_S:.0f} s, twice max-time"
+            )
+        self.vm.advance_to(now)
 
     def _device_state(self) -> bytes:
         rng = np.random.default_rng(self.scenario.seed)

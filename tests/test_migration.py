@@ -235,3 +235,14 @@ def test_a_sync_over_two_slots_reports_each_slots_harvest(tmp_path):
             assert s["branch"] == expected
         assert h["branch"] == "+".join(s["branch"] for s in h["slots"])
         assert h["modeled-ns"] == pytest.approx(sum(s["modeled-ns"] for s in h["slots"]), abs=2)
+
+
+def test_a_pass_that_outlasts_max_time_is_cut_short(tmp_path):
+    """A link far too slow for the guest: no endless pass, the guest stays at the source."""
+    out = tmp_path / "slow.json"
+    proc = precopy("run", str(SMALL), "--quiet", "--json", str(out),
+                   "--set", "link.bandwidth=1kB/s", "--set", "migration.max-time=5s")
+    assert proc.returncode == 1
+    report = load_json(out)
+    assert report["status"] == "cancelled" and "max-time" in report["error"]
+    assert report["guest"]["running"] is True

@@ -51,6 +51,7 @@ class Mmu:
         self.n_leaf_pages = 0
         self._seq = 0
         self._scratch = np.zeros(n, dtype=np.int64)
+        self._removed = np.zeros(n, dtype=bool)  # scratch for _rmap_remove: no alloc per zap
 
     # ---------------------------------------------------------------- counts
 
@@ -149,9 +150,10 @@ class Mmu:
     def _rmap_remove(self, gfns: np.ndarray, ids: np.ndarray) -> None:
         heads = unique_ids(gfns, self._scratch)
         rows = self.rmap_sptes[heads]
-        removed = np.zeros(self.layout.n_sptes, dtype=bool)
+        removed = self._removed  # all False between calls: set here, cleared below
         removed[ids] = True
         keep = (rows >= 0) & ~removed[np.maximum(rows, 0)]
+        removed[ids] = False
         # Compact each rmap head: kept entries first, in their order.
         order = np.argsort(~keep, axis=1, kind="stable")
         rows = np.take_along_axis(np.where(keep, rows, -1), order, axis=1)
