@@ -368,6 +368,13 @@ async def test_decompression_is_bounded(peer):
     await peer.assert_discarded(migration_id, failed)
 
 
+def _raw_hello(sock: socket.socket) -> str:
+    """HELLO over a bare socket (for tests that then break HTTP itself); return the id."""
+    sock.sendall(b"POST /migrations HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                 + str(len(hello_frame(NPAGES))).encode() + b"\r\n\r\n" + hello_frame(NPAGES))
+    return json.loads(sock.recv(4096).partition(b"\r\n\r\n")[2])["id"]
+
+
 @pytest.mark.parametrize("split", [True, False], ids=["after-a-good-chunk", "at-once"])
 def test_malformed_http_framing(split):
     """A chunked body whose chunk size is not hex. Sent after a good chunk, aiohttp stops
@@ -377,10 +384,7 @@ def test_malformed_http_framing(split):
     with LoggedDestination("--idle-timeout", "0.5") as dest:
         host, port = dest.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as sock:
-            sock.sendall(b"POST /migrations HTTP/1.1\r\nHost: x\r\nContent-Length: "
-                         + str(len(hello_frame(NPAGES))).encode() + b"\r\n\r\n"
-                         + hello_frame(NPAGES))
-            migration_id = json.loads(sock.recv(4096).partition(b"\r\n\r\n")[2])["id"]
+            migration_id = _raw_hello(sock)
             head = (f"POST /migrations/{migration_id}/pass/1 HTTP/1.1\r\nHost: x\r\n"
                     "Transfer-Encoding: chunked\r\n\r\n".encode())
             bad = b"zz\r\n" + ONE + b"\r\n"
@@ -408,10 +412,7 @@ def test_peer_gone_mid_body(dest):
     before = len(dest.lines)
     host, port = dest.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(b"POST /migrations HTTP/1.1\r\nHost: x\r\nContent-Length: "
-                     + str(len(hello_frame(NPAGES))).encode() + b"\r\n\r\n"
-                     + hello_frame(NPAGES))
-        migration_id = json.loads(sock.recv(4096).partition(b"\r\n\r\n")[2])["id"]
+        migration_id = _raw_hello(sock)
         sock.sendall(f"POST /migrations/{migration_id}/pass/1 HTTP/1.1\r\nHost: x\r\n"
                      "Transfer-Encoding: chunked\r\n\r\n".encode()
                      + f"{len(ONE):x}\r\n".encode() + ONE + b"\r\n")

@@ -26,14 +26,6 @@ class Workload(ABC):
         self.spec = spec
         self.base = slot.base_gfn
         self.pages = min(spec.working_set_pages or slot.npages, slot.npages)
-        self._carry = 0.0
-
-    def _count(self, dt_ns: float, activity: float) -> int:
-        """Writes due in this slice; the fraction carries over, so no rate is rounded away."""
-        due = self.spec.rate * dt_ns / NS_PER_S * activity + self._carry
-        n = int(due)
-        self._carry = due - n
-        return n
 
     def prefill_gfns(self) -> np.ndarray:
         """The pages this workload touches before migration (none if its `prefill` is off)."""
@@ -49,6 +41,15 @@ class Workload(ABC):
 
 class RateWorkload(Workload):
     """`rate` writes per second, placed by `_pick`."""
+
+    _carry = 0.0  # the fraction of a write due, carried to the next slice
+
+    def _count(self, dt_ns: float, activity: float) -> int:
+        """Writes due in this slice; the fraction carries over, so no rate is rounded away."""
+        due = self.spec.rate * dt_ns / NS_PER_S * activity + self._carry
+        n = int(due)
+        self._carry = due - n
+        return n
 
     def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
         return self._pick(rng, t_ns, self._count(dt_ns, activity))
