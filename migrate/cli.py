@@ -23,10 +23,10 @@ from aiohttp import web
 
 from migrate import units
 from migrate.config import ConfigError, Scenario, load_scenario
-from migrate.dest import IDLE_TIMEOUT_S, make_app
-from migrate.engine import migrate
+from migrate.dest.server import IDLE_TIMEOUT_S, make_app
 from migrate.malloc import raise_malloc_thresholds
 from migrate.report import Report, RoundRecord
+from migrate.source.engine import migrate
 from migrate.summary import progress_line, summary_table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -81,6 +81,7 @@ from migrate.errors import (
 )
 
 MAGIC = b"PCPY"
+UPGRADE = "precopy-pages/1"  # the Upgrade token of a raw page channel
 VERSION = 1
 PAGE_SIZE = 4096  # fixed by the wire format, whatever the model's page size constant says
 HEADER = struct.Struct("<4sBBHII")

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from migrate import wire
-from migrate.channel import UPGRADE, PageChannel
 from migrate.config import Scenario, load_scenario
 from migrate.digest import page_digests
-from migrate.engine import Source
-from migrate.transport import DestinationClient
+from migrate.source.channel import PageChannel
+from migrate.source.client import DestinationClient
+from migrate.source.engine import Source
 from tests.procs import ROOT, SMALL, Destination, terminate
 from vmmodel import Vm
 
@@ -290,7 +290,7 @@ async def send_upgraded(url: str, path: str, body: bytes) -> tuple[int | None, s
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n"
-                     f"Upgrade: {UPGRADE}\r\nContent-Length: 0\r\n\r\n".encode())
+                     f"Upgrade: {wire.UPGRADE}\r\nContent-Length: 0\r\n\r\n".encode())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         if not head.startswith(b"HTTP/1.1 101"):  # refused before the upgrade: plain HTTP
             length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])

@@ -28,8 +28,8 @@ import pytest
 from aiohttp import web
 
 from migrate import wire
-from migrate.dest import make_app
-from migrate.receiver import Receiver
+from migrate.dest.receiver import Receiver
+from migrate.dest.server import make_app
 from tests.peers import (
     LoggedDestination,
     complete_body,
@@ -478,7 +478,7 @@ async def _post(http, server, path, body, **kwargs):
 
 
 def _counts(app) -> tuple[int, int]:
-    from migrate.dest import RECEIVER
+    from migrate.dest.server import RECEIVER
 
     receiver = app[RECEIVER]
     return receiver.completed, receiver.failed

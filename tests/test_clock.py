@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from migrate.clock import VirtualClock, WallClock
+from migrate.source.clock import VirtualClock, WallClock
 
 NS = 1_000_000_000
 

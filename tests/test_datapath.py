@@ -14,17 +14,18 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from migrate import datapath, wire
+from migrate import wire
 from migrate.bench.wire import text_pages
-from migrate.channel import PageChannel
-from migrate.clock import VirtualClock
 from migrate.config import ConfigError, MigrationParams, load_scenario
-from migrate.dest import RECEIVER, make_app
+from migrate.dest.receiver import Receiver
+from migrate.dest.server import RECEIVER, make_app
 from migrate.digest import page_digests
-from migrate.engine import Source
 from migrate.errors import BadControlMessage, PassOutOfOrder, UnexpectedMessage
-from migrate.receiver import Receiver
-from migrate.transport import DestinationClient, DestinationError
+from migrate.source import datapath
+from migrate.source.channel import PageChannel
+from migrate.source.client import DestinationClient, DestinationError
+from migrate.source.clock import VirtualClock
+from migrate.source.engine import Source
 from tests.procs import SMALL, Destination, load_json, precopy
 
 PAGE = wire.PAGE_SIZE
@@ -470,7 +471,7 @@ def test_e2e_channels_with_a_token_and_lz4(tmp_path):
 
 async def test_wall_clock_channels_share_the_rate_limit():
     """Four channels sending at once are held to the link's rate together, not each."""
-    from migrate.clock import RATE_LIMIT_WINDOW_NS, WallClock
+    from migrate.source.clock import RATE_LIMIT_WINDOW_NS, WallClock
 
     clock = WallClock(20e6)  # 20 MB/s: a 2 MB window
 
@@ -493,7 +494,7 @@ def test_e2e_wall_clock_channels_keep_to_max_bandwidth(tmp_path):
 
 
 def test_verification_names_lost_pages_but_bounded():
-    from migrate.receiver import LOST_GFNS_LISTED
+    from migrate.dest.receiver import LOST_GFNS_LISTED
 
     npages = LOST_GFNS_LISTED + 500
     receiver, incoming = _receiver(npages)

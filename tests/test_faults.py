@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from migrate.digest import page_digests
-from migrate.engine import Source
 from migrate.report import Report
-from migrate.transport import DestinationClient, DestinationError
+from migrate.source.client import DestinationClient, DestinationError
+from migrate.source.engine import Source
 from tests.peers import (
     Faults,
     LineReader,

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from migrate import wire
-from migrate.dest import RECEIVER, make_app
+from migrate.dest.server import RECEIVER, make_app
 from migrate.errors import ProtocolError
 from tests.peers import (
     complete_body,

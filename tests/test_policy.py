@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from migrate.policy import AutoConverge, Decision, PassFigures, decide
+from migrate.source.policy import AutoConverge, Decision, PassFigures, decide
 
 S = 1_000_000_000
 LIMITS = {"downtime_limit_ns": 300_000_000, "max_iterations": 5, "max_time_ns": 60 * S}

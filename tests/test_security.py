@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from migrate import cli, dest
+from migrate import cli
+from migrate.dest import server as dest
 from tests.peers import LoggedDestination, complete_body, guest_image, hello_frame, pass_body
 from tests.procs import ROOT, SMALL, load_json, precopy
 

@@ -34,11 +34,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from migrate import datapath, units, wire
-from migrate.clock import VirtualClock
+from migrate import units, wire
 from migrate.config import MigrationParams
 from migrate.digest import page_digests
-from migrate.transport import DestinationClient
+from migrate.source import datapath
+from migrate.source.client import DestinationClient
+from migrate.source.clock import VirtualClock
 
 PAGE = wire.PAGE_SIZE
 MB = 1e6

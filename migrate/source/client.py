@@ -32,7 +32,7 @@ class DestinationClient:
     def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 30.0):
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        self.token = token  # page channels (migrate.channel) send it themselves
+        self.token = token  # page channels (migrate.source.channel) send it themselves
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # sock_read bounds how long a stalled destination can keep us waiting.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)

@@ -16,15 +16,16 @@ from dataclasses import asdict
 
 import numpy as np
 
-from migrate import datapath, wire
-from migrate.clock import NS_PER_S, make_clock
+from migrate import wire
 from migrate.config import Scenario
-from migrate.datapath import PassTraffic
 from migrate.digest import page_digests
 from migrate.errors import ProtocolError
-from migrate.policy import AutoConverge, Decision, PassFigures, decide
 from migrate.report import Report, RoundRecord
-from migrate.transport import DestinationClient, DestinationError
+from migrate.source import datapath
+from migrate.source.client import DestinationClient, DestinationError
+from migrate.source.clock import NS_PER_S, make_clock
+from migrate.source.datapath import PassTraffic
+from migrate.source.policy import AutoConverge, Decision, PassFigures, decide
 from vmmodel import PAGE_SIZE, GuestStats, HarvestResult, Vm
 
 log = logging.getLogger("precopy.source")

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from migrate import wire
-from migrate.channel import PageChannel
-from migrate.clock import NS_PER_S, Clock
-from migrate.transport import DestinationClient, DestinationError
+from migrate.source.channel import PageChannel
+from migrate.source.client import DestinationClient, DestinationError
+from migrate.source.clock import NS_PER_S, Clock
 from vmmodel import CostTable
 
 DEFAULT_COSTS = CostTable()
