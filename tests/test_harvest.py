@@ -12,9 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmmodel import CORRECT_STRATEGIES, CostTable, DirtyLogAudit, WorkloadSpec
+from vmmodel import CORRECT_STRATEGIES, STRATEGIES, CostTable, DirtyLogAudit, WorkloadSpec
 from vmmodel.harvest import KernelWork
-from vmmodel.layout import SPTE_SHIFT, SPTES_PER_PAGE
+from vmmodel.layout import SPTE_SHIFT, SPTES_PER_PAGE, tdp_layout
+from vmmodel.lock import MmuLock
+from vmmodel.memory import KVM_MEM_LOG_DIRTY_PAGES, MemSlot
+from vmmodel.mmu import Mmu
+from vmmodel.tlb import Tlbs
 
 PAGES = 8192
 HYP = settings(max_examples=25, deadline=None, derandomize=True,
@@ -333,3 +337,46 @@ def test_rmap_noflush_leaves_stale_writable_tlb_entries(make_vm):
     control.advance(5e6)
     assert control.harvest(0, "rmap").tlb_flushes == 1
     assert control.tlbs.stale_writable(control.mmu.spte_writable) == 0
+
+
+# ------------------------------------------------------------------ the harvest's view of KVM
+
+
+class _StandInKvm:
+    """The least a harvest needs (vmmodel.harvest.Kvm), without a Vm: no guest, no workload.
+
+    The guest's time only records what the kernel asked for.
+    """
+
+    def __init__(self, npages: int, vcpus: int, costs: CostTable) -> None:
+        layout = tdp_layout(npages)
+        self.mmu = Mmu(layout, np.zeros(npages, dtype=np.uint8), max_mmu_pages=1 << 20)
+        self.tlbs = Tlbs(vcpus, layout.n_sptes, entries=64)
+        self.lock = MmuLock()
+        self.costs = costs
+        self.vcpus = vcpus
+        self.now_ns = 0.0
+        self.elapsed: list[float] = []
+
+    def advance(self, dt_ns: float) -> None:
+        self.elapsed.append(dt_ns)
+        self.now_ns += dt_ns
+
+
+@pytest.mark.parametrize("name", CORRECT_STRATEGIES)
+def test_a_strategy_runs_on_a_stand_in_for_the_vm(name):
+    kvm = _StandInKvm(PAGES, vcpus=3, costs=ODD_COSTS)
+    slot = MemSlot(0, "ram", 0, PAGES)
+    slot.flags |= KVM_MEM_LOG_DIRTY_PAGES
+    written = np.array([5, 600, 601, 8000])
+    kvm.mmu.fault_in(written)  # the guest wrote them: writable sptes, dirty bits
+    slot.mark_page_dirty(written)
+    work = KernelWork(kvm, slot, name)
+    result = work.result(STRATEGIES[name](work))
+    np.testing.assert_array_equal(result.gfns, written)
+    assert not kvm.mmu.spte_writable[written].any()  # re-armed: the next write faults
+    assert slot.nr_dirty_pages == 0
+    assert result.tlb_flushes == 1
+    # The guest ran for exactly the modeled kernel time, step by step.
+    assert kvm.now_ns == pytest.approx(result.kernel_ns) and len(kvm.elapsed) >= 2
+    assert ODD_COSTS.tlb_flush_cost_ns(3) in kvm.elapsed

@@ -137,6 +137,11 @@ class Vm:
     def slot(self, slot_id: int) -> MemSlot:
         return self.slots[slot_id]
 
+    @property
+    def vcpus(self) -> int:
+        """The guest's vCPUs (each acks a remote TLB flush: the harvest's `Kvm.vcpus`)."""
+        return self.guest.vcpus
+
     def _process(self, vcpu: int) -> int:
         """The guest process a vCPU runs this slice; processes rotate as the scheduler would."""
         return (vcpu + self._slice_no) % self.mmu.layout.roots
