@@ -12,8 +12,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+# The model's units, defined here once (migrate imports them from vmmodel).
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
+NS_PER_S = 1_000_000_000
 # Bounds that keep a run finite on one machine: the guest advances slice by slice.
 MIN_SLICE_NS = 10_000
 MAX_WRITE_RATE = 1e9  # writes per second, all vCPUs

@@ -14,9 +14,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from vmmodel.memory import MemSlot
-from vmmodel.spec import WorkloadSpec
-
-NS_PER_S = 1_000_000_000
+from vmmodel.spec import NS_PER_S, WorkloadSpec
 
 
 class Workload(ABC):
