@@ -188,7 +188,7 @@ def test_a_throttle_of_half_halves_the_writes(make_vm, kind, extra):
     counts = []
     for throttle in (0.0, 0.5):
         vm = make_vm("tdp", kind, pages=8192, seed=5, logging=False, **extra)
-        vm.throttle = throttle
+        vm.set_throttle(throttle)
         vm.advance(NS)
         counts.append(vm.stats.writes)
     assert counts[0] > 0
