@@ -147,10 +147,6 @@ class KernelWork:
         self._elapse(c.get_dirty_log_ns + self.slot.bitmap_words * c.bitmap_word_ns)
         return gfns
 
-    def peek_dirty_log(self) -> np.ndarray:
-        """Read the bitmap without clearing it (only a broken ordering needs this)."""
-        return self.slot.peek_dirty_gfns()
-
     def rmap_write_protect(self, gfns: np.ndarray) -> bool:
         """kvm_mmu_rmap_write_protect for each gfn, taking mmu_lock around each one."""
         if len(gfns) == 0:
