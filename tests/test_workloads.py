@@ -7,12 +7,13 @@ dirties V(1 - e^(-wT/V)) distinct pages, measured as the harvested set of a runn
 from __future__ import annotations
 
 import math
+import warnings
 
 import lz4.block
 import numpy as np
 import pytest
 
-from vmmodel import WorkloadSpec
+from vmmodel import SpecError, WorkloadSpec
 
 NS = 1_000_000_000
 
@@ -193,3 +194,16 @@ def test_a_throttle_of_half_halves_the_writes(make_vm, kind, extra):
         counts.append(vm.stats.writes)
     assert counts[0] > 0
     assert counts[1] / counts[0] == pytest.approx(0.5, abs=0.02)
+
+
+def test_a_huge_zipf_exponent_puts_every_write_on_rank_one_without_a_warning(make_vm):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vm = make_vm("tdp", "zipf", pages=8192, rate=1e5, exponent=1e308, logging=False)
+        gfns = writes_of(vm, 0, 0.01)
+    assert len(gfns) == 1000 and (gfns == vm.workload.rank_to_gfn[0]).all()
+
+
+def test_a_negative_zipf_exponent_is_a_spec_error():
+    with pytest.raises(SpecError, match="workload.exponent"):
+        WorkloadSpec(kind="zipf", exponent=-1.0)

@@ -75,8 +75,9 @@ class WorkloadSpec:
                 raise SpecError(f"workload.{name.replace('_', '-')}: {value} is not in (0, 1]")
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise SpecError(f"workload.fps: {self.fps} must be positive and finite")
-        if not math.isfinite(self.exponent):
-            raise SpecError(f"workload.exponent: {self.exponent} is not finite")
+        if not (math.isfinite(self.exponent) and self.exponent >= 0):
+            raise SpecError(f"workload.exponent: {self.exponent} is not a finite number >= 0"
+                            " (zipf: P(rank k) ~ 1/k**exponent)")
         if self.kind == "phases":
             if not self.phases:
                 raise SpecError("workload.phases: a 'phases' workload needs at least one phase")
