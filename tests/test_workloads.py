@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from vmmodel import SpecError, WorkloadSpec
+from vmmodel.spec import DEFAULT_SLICE_NS, MAX_WRITE_RATE
+from vmmodel.workloads import slice_write_ceiling
 
 NS = 1_000_000_000
 
@@ -207,3 +209,33 @@ def test_a_huge_zipf_exponent_puts_every_write_on_rank_one_without_a_warning(mak
 def test_a_negative_zipf_exponent_is_a_spec_error():
     with pytest.raises(SpecError, match="workload.exponent"):
         WorkloadSpec(kind="zipf", exponent=-1.0)
+
+
+# ------------------------------------------------------------------ bounded slices
+
+
+def test_one_slice_writes_at_most_its_ceiling(make_vm):
+    """1e9 writes/s over a 10 ms slice of a 1024-page guest would be 1e7 gfns (80 MB); the
+    slice stops at its ceiling, which writes every page many times over already."""
+    vm = make_vm("tdp", "uniform", pages=1024, rate=1e9, logging=False)
+    gfns = writes_of(vm, 0, 10e-3)
+    assert len(gfns) == slice_write_ceiling(1024) < 1e7
+    assert len(np.unique(gfns)) == 1024
+    # The spec's top rate in a default 1 ms slice is not cut.
+    top = MAX_WRITE_RATE * DEFAULT_SLICE_NS / NS
+    assert len(writes_of(vm, 0, DEFAULT_SLICE_NS / NS)) == top
+
+
+def test_a_huge_fps_repaints_the_framebuffer_within_the_ceiling(make_vm):
+    """fps=1e7 puts 10,000 frames (1.3 M gfns) in a 1 ms slice; the slice paints the same
+    pages from its last frames. (fps=1e9 was ~8 GB of gfns; fps=1e300 overflowed.)"""
+    vm = make_vm("tdp", "vga", pages=8192, vga_pages=512, fps=1e7, region=0.25,
+                 logging=False)
+    gfns = writes_of(vm, 0.5, 1e-3)
+    assert len(gfns) <= slice_write_ceiling(512) < 10_000 * 128
+    np.testing.assert_array_equal(np.unique(gfns), np.arange(8192, 8192 + 512))
+    few = writes_of(vm, 0.5, 3 / 1e7)  # three frames: three regions, as before the ceiling
+    assert len(few) == 3 * 128
+    huge = make_vm("tdp", "vga", pages=8192, vga_pages=512, fps=1e300, logging=False)
+    gfns = writes_of(huge, 0.5, 1e-3)
+    assert len(gfns) <= slice_write_ceiling(512) and len(np.unique(gfns)) == 512

@@ -18,6 +18,7 @@ PAGE_SHIFT = 12
 NS_PER_S = 1_000_000_000
 # Bounds that keep a run finite on one machine: the guest advances slice by slice.
 MIN_SLICE_NS = 10_000
+DEFAULT_SLICE_NS = 1_000_000
 MAX_WRITE_RATE = 1e9  # writes per second, all vCPUs
 MAX_GUEST_PAGES = 1 << 28  # 1 TiB
 
@@ -113,7 +114,7 @@ class GuestSpec:
     memory_pages: int = 262_144  # 1 GiB
     vcpus: int = 4
     vga_pages: int = 0  # 0: no framebuffer slot; QEMU's std VGA has 16 MiB
-    slice_ns: int = 1_000_000  # the guest advances in slices this long
+    slice_ns: int = DEFAULT_SLICE_NS  # the guest advances in slices this long
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
 
     def __post_init__(self) -> None:
