@@ -28,6 +28,7 @@ from vmmodel import (
     Vm,
     WorkloadSpec,
 )
+from vmmodel.vm import MAX_SLICES_PER_ADVANCE
 
 # ------------------------------------------------------------------ validation names the field
 
@@ -296,3 +297,64 @@ def test_prefill_maps_the_working_set_in_every_guest_process(make_vm):
         ids = as_map[process][as_map[process] >= 0]
         assert len(ids) and vm.mmu.spte_present[ids].all(), process
     assert vm.stats == GuestStats()  # the prefill is before the migration: not counted
+
+
+# ------------------------------------------------------------------ long stretches
+
+
+def _slices_counted(vm, monkeypatch) -> list[float]:
+    """The length of every slice the workload is asked for, from now on."""
+    seen: list[float] = []
+    generate = vm.workload.generate
+
+    def spy(rng, t_ns, dt_ns, activity):
+        seen.append(dt_ns)
+        if len(seen) > MAX_SLICES_PER_ADVANCE:  # the old slice-by-slice loop: stop it here
+            raise AssertionError("more slices than one advance may run")
+        return generate(rng, t_ns, dt_ns, activity)
+
+    monkeypatch.setattr(vm.workload, "generate", spy)
+    return seen
+
+
+def test_a_huge_elapse_runs_a_bounded_number_of_slices(make_vm, monkeypatch):
+    """A 1e13 ns harvest step (a cost of 1e13) was 1e10 slices of synchronous code, deaf to
+    SIGINT; now it is at most MAX_SLICES_PER_ADVANCE longer slices, each write-bounded.
+    (A low rate keeps the test short: each slice still writes rate x its length.)"""
+    vm = make_vm("tdp", "uniform", pages=2048, rate=2_000.0)
+    start = vm.now_ns
+    slices = _slices_counted(vm, monkeypatch)
+    vm.advance(1e13)
+    assert vm.now_ns == start + 1e13
+    assert 0 < len(slices) <= MAX_SLICES_PER_ADVANCE
+    assert vm.dirty_pages_pending() == 2048  # ten thousand seconds: every page written
+    vm.pause()
+    paused = len(slices)
+    vm.advance(1e15)  # a paused guest's time moves in one step, whatever its length
+    assert len(slices) == paused and vm.now_ns == start + 1e13 + 1e15
+    with pytest.raises(ValueError, match="cannot advance"):
+        vm.advance(math.inf)
+
+
+def _twins(make_vm, **kw):
+    build = dict(pages=2048, slice_ns=10_000, seed=4,
+                 costs=CostTable(write_fault_ns=0.0, page_fault_ns=0.0), **kw)
+    return make_vm("tdp", **build), make_vm("tdp", **build)
+
+
+@pytest.mark.parametrize("kind,extra", [("idle", {}), ("uniform", {"rate": 1e6})])
+def test_a_long_stretch_agrees_with_slice_by_slice(make_vm, kind, extra):
+    """4x the slice ceiling in one call (longer slices) against the same time in short calls
+    (every slice 10 us): the same time, writes and, for a guest that writes, the same
+    saturated dirty set; for an idle one, everything."""
+    coarse, fine = _twins(make_vm, kind=kind, **extra)
+    stretch = 4 * MAX_SLICES_PER_ADVANCE * 10_000
+    coarse.advance(stretch)
+    for _ in range(4 * MAX_SLICES_PER_ADVANCE // 64):
+        fine.advance(64 * 10_000)
+    assert coarse.now_ns == pytest.approx(fine.now_ns) and coarse.now_ns >= stretch
+    assert coarse.stats.writes == pytest.approx(fine.stats.writes, abs=1)
+    assert coarse.dirty_pages_pending() == fine.dirty_pages_pending()
+    if kind == "idle":
+        assert coarse.stats == fine.stats
+        np.testing.assert_array_equal(coarse.memory.write_count, fine.memory.write_count)
