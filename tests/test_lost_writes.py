@@ -15,9 +15,9 @@ from vmmodel import BROKEN_STRATEGIES, CORRECT_STRATEGIES, CostTable, DirtyLogAu
 
 PAGES = 8192
 VGA_PAGES = 512
-# With the default costs a vCPU repays its faults at the start of the next slices, so a
-# short harvest right after a busy slice often sees no write at all. Free faults keep the
-# guest writing inside every harvest, which is where the orderings matter.
+# With the default costs a vCPU repays its fault debt spread over the next slice, at the
+# pace it ran it up, so it writes during a harvest at a reduced rate. Free faults keep the
+# guest writing at its full rate inside every harvest, which is where the orderings matter.
 COSTS = {"kvm-x86": CostTable(), "free-faults": CostTable(write_fault_ns=0.0, page_fault_ns=0.0)}
 
 # Rates are high for so small a guest: harvests last microseconds, and writes must land

@@ -3,25 +3,32 @@ through plain dicts, determinism for a seed, and errors for bad input."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import vmmodel
 from vmmodel import (
+    BROKEN_STRATEGIES,
+    CORRECT_STRATEGIES,
     STRATEGIES,
     CostTable,
     GuestSpec,
+    GuestStats,
     HarvestResult,
     MmuSpec,
     SpecError,
     Vm,
     WorkloadSpec,
 )
+from vmmodel.vm import MAX_SLICES_PER_ADVANCE
 
 # ------------------------------------------------------------------ validation names the field
 
@@ -239,3 +246,115 @@ def test_pages_carry_their_gfn_and_write_count(make_vm):
     words = vm.pages.view(np.uint64)
     assert words[7, :2].tolist() == [7, 1] and words[9, :2].tolist() == [9, 2]
     assert vm.memory.write_count[[7, 9]].tolist() == [1, 2]
+
+
+# ------------------------------------------------------------------ the public surface
+
+
+def _vmmodel_imports_in_migrate() -> set[tuple[str, str]]:
+    """(module, name) for every `from vmmodel... import name` in migrate/."""
+    root = Path(__file__).resolve().parent.parent / "migrate"
+    found = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vmmodel"):
+                found |= {(node.module, alias.name) for alias in node.names}
+    return found
+
+
+def test_vmmodel_exports_every_name_migrate_imports():
+    imported = _vmmodel_imports_in_migrate()
+    assert ("vmmodel", "Vm") in imported  # the scan sees migrate's imports
+    missing = sorted(name for _, name in imported if name not in vmmodel.__all__)
+    assert missing == []
+    for name in vmmodel.__all__:
+        assert hasattr(vmmodel, name)
+
+
+def test_the_registry_flags_split_the_strategies_in_two():
+    assert set(CORRECT_STRATEGIES) | set(BROKEN_STRATEGIES) == set(STRATEGIES)
+    assert not set(CORRECT_STRATEGIES) & set(BROKEN_STRATEGIES)
+    assert {"walk", "rmap", "heuristic"} <= set(CORRECT_STRATEGIES) and BROKEN_STRATEGIES
+    # (tests/test_lost_writes.py shows the flags true: each broken one loses writes)
+
+
+def test_migrate_reads_shadow_pages_and_sets_the_throttle_through_vm(make_vm):
+    vm = make_vm("tdp", "uniform", pages=8192, rate=1e6)
+    assert vm.n_used_mmu_pages == vm.mmu.n_used_mmu_pages > 0
+    vm.set_throttle(0.5)
+    assert vm.throttle == 0.5
+    for bad in (-0.1, 1.0, math.nan):
+        with pytest.raises(ValueError, match="throttle"):
+            vm.set_throttle(bad)
+    assert vm.throttle == 0.5
+
+
+def test_prefill_maps_the_working_set_in_every_guest_process(make_vm):
+    """Shadow shape: each process's own sptes for the prefilled pages exist after prefill."""
+    vm = make_vm("shadow", "uniform", pages=8192, rate=1e3, logging=False, paused=True)
+    as_map = vm.mmu.layout.address_space_map
+    for process in range(vm.mmu.layout.roots):
+        ids = as_map[process][as_map[process] >= 0]
+        assert len(ids) and vm.mmu.spte_present[ids].all(), process
+    assert vm.stats == GuestStats()  # the prefill is before the migration: not counted
+
+
+# ------------------------------------------------------------------ long stretches
+
+
+def _slices_counted(vm, monkeypatch) -> list[float]:
+    """The length of every slice the workload is asked for, from now on."""
+    seen: list[float] = []
+    generate = vm.workload.generate
+
+    def spy(rng, t_ns, dt_ns, activity):
+        seen.append(dt_ns)
+        if len(seen) > MAX_SLICES_PER_ADVANCE:  # the old slice-by-slice loop: stop it here
+            raise AssertionError("more slices than one advance may run")
+        return generate(rng, t_ns, dt_ns, activity)
+
+    monkeypatch.setattr(vm.workload, "generate", spy)
+    return seen
+
+
+def test_a_huge_elapse_runs_a_bounded_number_of_slices(make_vm, monkeypatch):
+    """A 1e13 ns harvest step (a cost of 1e13) was 1e10 slices of synchronous code, deaf to
+    SIGINT; now it is at most MAX_SLICES_PER_ADVANCE longer slices, each write-bounded.
+    (A low rate keeps the test short: each slice still writes rate x its length.)"""
+    vm = make_vm("tdp", "uniform", pages=2048, rate=2_000.0)
+    start = vm.now_ns
+    slices = _slices_counted(vm, monkeypatch)
+    vm.advance(1e13)
+    assert vm.now_ns == start + 1e13
+    assert 0 < len(slices) <= MAX_SLICES_PER_ADVANCE
+    assert vm.dirty_pages_pending() == 2048  # ten thousand seconds: every page written
+    vm.pause()
+    paused = len(slices)
+    vm.advance(1e15)  # a paused guest's time moves in one step, whatever its length
+    assert len(slices) == paused and vm.now_ns == start + 1e13 + 1e15
+    with pytest.raises(ValueError, match="cannot advance"):
+        vm.advance(math.inf)
+
+
+def _twins(make_vm, **kw):
+    build = dict(pages=2048, slice_ns=10_000, seed=4,
+                 costs=CostTable(write_fault_ns=0.0, page_fault_ns=0.0), **kw)
+    return make_vm("tdp", **build), make_vm("tdp", **build)
+
+
+@pytest.mark.parametrize("kind,extra", [("idle", {}), ("uniform", {"rate": 1e6})])
+def test_a_long_stretch_agrees_with_slice_by_slice(make_vm, kind, extra):
+    """4x the slice ceiling in one call (longer slices) against the same time in short calls
+    (every slice 10 us): the same time, writes and, for a guest that writes, the same
+    saturated dirty set; for an idle one, everything."""
+    coarse, fine = _twins(make_vm, kind=kind, **extra)
+    stretch = 4 * MAX_SLICES_PER_ADVANCE * 10_000
+    coarse.advance(stretch)
+    for _ in range(4 * MAX_SLICES_PER_ADVANCE // 64):
+        fine.advance(64 * 10_000)
+    assert coarse.now_ns == pytest.approx(fine.now_ns) and coarse.now_ns >= stretch
+    assert coarse.stats.writes == pytest.approx(fine.stats.writes, abs=1)
+    assert coarse.dirty_pages_pending() == fine.dirty_pages_pending()
+    if kind == "idle":
+        assert coarse.stats == fine.stats
+        np.testing.assert_array_equal(coarse.memory.write_count, fine.memory.write_count)

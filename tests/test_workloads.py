@@ -7,12 +7,15 @@ dirties V(1 - e^(-wT/V)) distinct pages, measured as the harvested set of a runn
 from __future__ import annotations
 
 import math
+import warnings
 
 import lz4.block
 import numpy as np
 import pytest
 
-from vmmodel import WorkloadSpec
+from vmmodel import SpecError, WorkloadSpec
+from vmmodel.spec import DEFAULT_SLICE_NS, MAX_WRITE_RATE
+from vmmodel.workloads import slice_write_ceiling
 
 NS = 1_000_000_000
 
@@ -188,8 +191,51 @@ def test_a_throttle_of_half_halves_the_writes(make_vm, kind, extra):
     counts = []
     for throttle in (0.0, 0.5):
         vm = make_vm("tdp", kind, pages=8192, seed=5, logging=False, **extra)
-        vm.throttle = throttle
+        vm.set_throttle(throttle)
         vm.advance(NS)
         counts.append(vm.stats.writes)
     assert counts[0] > 0
     assert counts[1] / counts[0] == pytest.approx(0.5, abs=0.02)
+
+
+def test_a_huge_zipf_exponent_puts_every_write_on_rank_one_without_a_warning(make_vm):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vm = make_vm("tdp", "zipf", pages=8192, rate=1e5, exponent=1e308, logging=False)
+        gfns = writes_of(vm, 0, 0.01)
+    assert len(gfns) == 1000 and (gfns == vm.workload.rank_to_gfn[0]).all()
+
+
+def test_a_negative_zipf_exponent_is_a_spec_error():
+    with pytest.raises(SpecError, match="workload.exponent"):
+        WorkloadSpec(kind="zipf", exponent=-1.0)
+
+
+# ------------------------------------------------------------------ bounded slices
+
+
+def test_one_slice_writes_at_most_its_ceiling(make_vm):
+    """1e9 writes/s over a 10 ms slice of a 1024-page guest would be 1e7 gfns (80 MB); the
+    slice stops at its ceiling, which writes every page many times over already."""
+    vm = make_vm("tdp", "uniform", pages=1024, rate=1e9, logging=False)
+    gfns = writes_of(vm, 0, 10e-3)
+    assert len(gfns) == slice_write_ceiling(1024) < 1e7
+    assert len(np.unique(gfns)) == 1024
+    # The spec's top rate in a default 1 ms slice is not cut.
+    top = MAX_WRITE_RATE * DEFAULT_SLICE_NS / NS
+    assert len(writes_of(vm, 0, DEFAULT_SLICE_NS / NS)) == top
+
+
+def test_a_huge_fps_repaints_the_framebuffer_within_the_ceiling(make_vm):
+    """fps=1e7 puts 10,000 frames (1.3 M gfns) in a 1 ms slice; the slice paints the same
+    pages from its last frames. (fps=1e9 was ~8 GB of gfns; fps=1e300 overflowed.)"""
+    vm = make_vm("tdp", "vga", pages=8192, vga_pages=512, fps=1e7, region=0.25,
+                 logging=False)
+    gfns = writes_of(vm, 0.5, 1e-3)
+    assert len(gfns) <= slice_write_ceiling(512) < 10_000 * 128
+    np.testing.assert_array_equal(np.unique(gfns), np.arange(8192, 8192 + 512))
+    few = writes_of(vm, 0.5, 3 / 1e7)  # three frames: three regions, as before the ceiling
+    assert len(few) == 3 * 128
+    huge = make_vm("tdp", "vga", pages=8192, vga_pages=512, fps=1e300, logging=False)
+    gfns = writes_of(huge, 0.5, 1e-3)
+    assert len(gfns) <= slice_write_ceiling(512) and len(np.unique(gfns)) == 512

@@ -1,18 +1,32 @@
 """The guest and the KVM x86 MMU model: pure, synchronous, numpy, deterministic per seed.
 
 Public API: `Vm`, the parameter objects `GuestSpec`, `MmuSpec`, `WorkloadSpec`,
-`CostTable`, the harvest registry `STRATEGIES` and `HarvestResult`, and
-`DirtyLogAudit` for checking that no write was lost.
+`CostTable` and the value lists they accept (`WORKLOAD_KINDS`, `MMU_SHAPES`),
+the harvest registry `STRATEGIES` and `HarvestResult`, `DirtyLogAudit` for
+checking that no write was lost, `text_pages` (guest-like page content, for
+benches), and the units the model counts in
+(`PAGE_SIZE`, `NS_PER_S`). migrate imports these from here, never from the
+submodules.
 """
 
 from vmmodel.audit import DirtyLogAudit
+from vmmodel.content import text_pages
 from vmmodel.costs import CostTable
 from vmmodel.harvest import BROKEN_STRATEGIES, CORRECT_STRATEGIES, STRATEGIES, HarvestResult
-from vmmodel.spec import PAGE_SIZE, GuestSpec, MmuSpec, SpecError, WorkloadSpec
+from vmmodel.spec import (
+    MMU_SHAPES,
+    NS_PER_S,
+    PAGE_SIZE,
+    WORKLOAD_KINDS,
+    GuestSpec,
+    MmuSpec,
+    SpecError,
+    WorkloadSpec,
+)
 from vmmodel.vm import GuestStats, Vm
 
 __all__ = [
-    "BROKEN_STRATEGIES", "CORRECT_STRATEGIES", "PAGE_SIZE", "STRATEGIES", "CostTable",
-    "DirtyLogAudit", "GuestSpec", "GuestStats", "HarvestResult", "MmuSpec", "SpecError",
-    "Vm", "WorkloadSpec",
+    "BROKEN_STRATEGIES", "CORRECT_STRATEGIES", "MMU_SHAPES", "NS_PER_S", "PAGE_SIZE",
+    "STRATEGIES", "WORKLOAD_KINDS", "CostTable", "DirtyLogAudit", "GuestSpec", "GuestStats",
+    "HarvestResult", "MmuSpec", "SpecError", "Vm", "WorkloadSpec", "text_pages",
 ]

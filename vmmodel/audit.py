@@ -22,9 +22,6 @@ class DirtyLogAudit:
         """Userspace copied these pages now."""
         self.read_version[gfns] = self.vm.memory.write_count[gfns]
 
-    def read_all(self) -> None:
-        self.read_version[:] = self.vm.memory.write_count
-
     def unreported(self) -> np.ndarray:
         """Gfns written since their last read that no dirty bitmap reports: lost writes."""
         changed = self.vm.memory.write_count != self.read_version

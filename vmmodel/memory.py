@@ -62,9 +62,6 @@ class MemSlot:
         self.dirty_bitmap[offsets] = False
         return offsets + self.base_gfn
 
-    def peek_dirty_gfns(self) -> np.ndarray:
-        return np.flatnonzero(self.dirty_bitmap) + self.base_gfn
-
     def __repr__(self) -> str:
         return f"MemSlot(id={self.id}, {self.name}, base_gfn={self.base_gfn}, npages={self.npages})"
 

@@ -12,10 +12,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+# The model's units, defined here once (migrate imports them from vmmodel).
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
+NS_PER_S = 1_000_000_000
 # Bounds that keep a run finite on one machine: the guest advances slice by slice.
 MIN_SLICE_NS = 10_000
+DEFAULT_SLICE_NS = 1_000_000
 MAX_WRITE_RATE = 1e9  # writes per second, all vCPUs
 MAX_GUEST_PAGES = 1 << 28  # 1 TiB
 
@@ -73,8 +76,9 @@ class WorkloadSpec:
                 raise SpecError(f"workload.{name.replace('_', '-')}: {value} is not in (0, 1]")
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise SpecError(f"workload.fps: {self.fps} must be positive and finite")
-        if not math.isfinite(self.exponent):
-            raise SpecError(f"workload.exponent: {self.exponent} is not finite")
+        if not (math.isfinite(self.exponent) and self.exponent >= 0):
+            raise SpecError(f"workload.exponent: {self.exponent} is not a finite number >= 0"
+                            " (zipf: P(rank k) ~ 1/k**exponent)")
         if self.kind == "phases":
             if not self.phases:
                 raise SpecError("workload.phases: a 'phases' workload needs at least one phase")
@@ -110,7 +114,7 @@ class GuestSpec:
     memory_pages: int = 262_144  # 1 GiB
     vcpus: int = 4
     vga_pages: int = 0  # 0: no framebuffer slot; QEMU's std VGA has 16 MiB
-    slice_ns: int = 1_000_000  # the guest advances in slices this long
+    slice_ns: int = DEFAULT_SLICE_NS  # the guest advances in slices this long
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
 
     def __post_init__(self) -> None:

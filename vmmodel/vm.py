@@ -10,10 +10,12 @@ running. Everything is deterministic for a given seed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from vmmodel.content import text_pool
 from vmmodel.costs import CostTable
 from vmmodel.harvest import STRATEGIES, HarvestResult, KernelWork
 from vmmodel.layout import shadow_layout, tdp_layout
@@ -28,7 +30,13 @@ from vmmodel.workloads import make_workload
 # (KVM_PERMILLE_MMU_PAGES, KVM_MIN_ALLOC_MMU_PAGES in arch/x86/kvm/mmu/mmu.c).
 KVM_PERMILLE_MMU_PAGES = 20
 KVM_MIN_ALLOC_MMU_PAGES = 64
-TEXT_POOL_PAGES = 64
+# The most slices one `advance` runs: a longer stretch runs in longer slices, so one
+# synchronous call does bounded work (a slice's writes are bounded too, by
+# workloads.MAX_WRITES_PER_PAGE_PER_SLICE) and the engine's event loop, with its signal
+# handlers, gets control back soon after a huge elapse. 1024 slices are about a second of
+# guest time at the default 1 ms slice; the engine advances batch by batch, within 100 ms
+# rate-limit windows, so a shipped scenario never reaches it.
+MAX_SLICES_PER_ADVANCE = 1024
 
 
 @dataclass
@@ -46,42 +54,6 @@ class GuestStats:
     @property
     def faults(self) -> int:
         return self.write_faults + self.page_faults
-
-
-_WORDS = (
-    b"the of and to in is that for it as with was on be by at this from or have an are not "
-    b"page memory guest host dirty bitmap slot spte rmap lock flush write fault kernel user "
-    b"process thread file buffer cache queue request response error value index count size "
-    b"return static const struct unsigned long int char void if else while for break switch"
-).split()
-
-
-def _text_pool(rng: np.random.Generator) -> np.ndarray:
-    """Template page contents in the proportions of a running guest's memory.
-
-    Three eighths text (words), a quarter sparse structures (mostly zero, a
-    pointer every few words), a quarter incompressible (compressed files,
-    keys), one eighth repetitive (code, tables): lz4 shrinks such memory
-    about twofold, as it does real guest RAM. Built once per VM, so the
-    loop over 64 template pages is not on any hot path.
-    """
-    pool = np.zeros((TEXT_POOL_PAGES, 4096), dtype=np.uint8)
-    words = np.array(_WORDS, dtype=object)
-    for i in range(TEXT_POOL_PAGES):
-        kind = i % 8
-        if kind < 3:
-            text = b" ".join(words[rng.integers(0, len(words), 900)])
-            pool[i] = np.frombuffer(text[:4096].ljust(4096, b"\n"), dtype=np.uint8)
-        elif kind < 5:
-            slots = pool[i].view(np.uint64)
-            used = rng.random(512) < 0.2
-            slots[used] = rng.integers(0xFFFF8000_00000000, 0xFFFFFFFF_FFFFFFF8, used.sum(),
-                                       dtype=np.uint64, endpoint=True)
-        elif kind < 7:
-            pool[i] = rng.integers(0, 256, 4096, dtype=np.uint8)
-        else:
-            pool[i] = np.tile(rng.integers(0, 256, 64, dtype=np.uint8), 64)
-    return pool
 
 
 class Vm:
@@ -116,7 +88,7 @@ class Vm:
         self.workload = make_workload(guest.workload, ram, vga, self.rng)
         self.now_ns = 0.0
         self.paused = False
-        self.throttle = 0.0  # share of each vCPU's time taken away (auto-converge)
+        self._throttle = 0.0  # share of each vCPU's time taken away (auto-converge)
         self.stats = GuestStats()
         self._debt_ns = np.zeros(guest.vcpus)  # vCPU time owed to faults and stalls
         self._slice_no = 0
@@ -137,16 +109,40 @@ class Vm:
     def slot(self, slot_id: int) -> MemSlot:
         return self.slots[slot_id]
 
+    @property
+    def vcpus(self) -> int:
+        """The guest's vCPUs (each acks a remote TLB flush: the harvest's `Kvm.vcpus`)."""
+        return self.guest.vcpus
+
+    @property
+    def n_used_mmu_pages(self) -> int:
+        """Shadow pages in use, KVM's `kvm->arch.n_used_mmu_pages` (what the heuristic compares)."""
+        return self.mmu.n_used_mmu_pages
+
+    @property
+    def throttle(self) -> float:
+        """The share of each vCPU's time taken away by auto-converge (0 = unthrottled)."""
+        return self._throttle
+
+    def set_throttle(self, share: float) -> None:
+        """Throttle every vCPU to run (1 - share) of the time from now, as cpu_throttle_set does.
+
+        Raise `ValueError` unless 0 <= share < 1 (QEMU caps cpu-throttle-max at 99 %).
+        """
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"throttle {share!r} is not in [0, 1)")
+        self._throttle = float(share)
+
     def _process(self, vcpu: int) -> int:
         """The guest process a vCPU runs this slice; processes rotate as the scheduler would."""
         return (vcpu + self._slice_no) % self.mmu.layout.roots
 
-    def _spte_ids(self, vcpu: int, gfns: np.ndarray) -> np.ndarray:
+    def _spte_ids(self, process: int, gfns: np.ndarray) -> np.ndarray:
         """The spte each write goes through: the process's own mapping, else the direct map."""
         as_map = self.mmu.layout.address_space_map
         if as_map is None:
             return gfns
-        ids = as_map[self._process(vcpu), gfns]
+        ids = as_map[process, gfns]
         return np.where(ids >= 0, ids, gfns)
 
     # ------------------------------------------------------------ guest writes
@@ -165,9 +161,13 @@ class Vm:
         self.memory.stamp(unique_ids(gfns, self._gfn_scratch))
         return faults
 
-    def _translate_writes(self, vcpu: int, gfns: np.ndarray) -> tuple[int, int]:
-        """The MMU side of writes: TLB, spte, faults and dirty bits (page bytes apart)."""
-        ids = self._spte_ids(vcpu, gfns)
+    def _translate_writes(self, vcpu: int, gfns: np.ndarray,
+                          process: int | None = None) -> tuple[int, int]:
+        """The MMU side of writes: TLB, spte, faults and dirty bits (page bytes apart).
+
+        The writes come from guest `process` (default: the one `vcpu` runs this slice).
+        """
+        ids = self._spte_ids(self._process(vcpu) if process is None else process, gfns)
         missed = unique_ids(ids[~self.tlbs.lookup(vcpu, ids)], self._spte_scratch)
         present = self.mmu.spte_present[missed]
         protected = missed[present & ~self.mmu.spte_writable[missed]]
@@ -189,13 +189,23 @@ class Vm:
         return len(protected), len(absent)
 
     def advance(self, dt_ns: float) -> None:
-        """Run the guest for `dt_ns` of guest time (nothing is written while paused)."""
+        """Run the guest for `dt_ns` of guest time (nothing is written while paused).
+
+        A paused guest's time moves in one step. A running guest's advances in slices of
+        `guest.slice_ns`, or in `MAX_SLICES_PER_ADVANCE` longer ones if the stretch needs
+        more. Raise `ValueError` if `dt_ns` is not finite.
+        """
+        if not math.isfinite(dt_ns):
+            raise ValueError(f"guest time cannot advance by {dt_ns} ns")
         end = self.now_ns + dt_ns
-        while self.now_ns < end:
-            step = min(self.guest.slice_ns, end - self.now_ns)
-            if not self.paused:
+        if self.paused:
+            self.now_ns = max(self.now_ns, end)  # no slice would write: only time passes
+        else:
+            slice_ns = max(self.guest.slice_ns, dt_ns / MAX_SLICES_PER_ADVANCE)
+            while self.now_ns < end:
+                step = min(slice_ns, end - self.now_ns)
                 self._run_slice(self.now_ns, step)
-            self.now_ns += step
+                self.now_ns += step
         self.lock.expire(self.now_ns)
 
     def advance_to(self, t_ns: float) -> None:
@@ -203,7 +213,7 @@ class Vm:
             self.advance(t_ns - self.now_ns)
 
     def _run_slice(self, t_ns: float, dt_ns: float) -> None:
-        running = dt_ns * (1.0 - self.throttle)
+        running = dt_ns * (1.0 - self._throttle)
         # Repay at the pace the debt was run up (spread over a slice), not all first.
         share = np.minimum(self._debt_ns / self.guest.slice_ns, 1.0)
         owed = np.minimum(self._debt_ns, running * share)
@@ -241,11 +251,9 @@ class Vm:
         gfns = self.workload.prefill_gfns()  # each workload (or part) minds its own `prefill`
         if len(gfns) == 0:
             return
-        self.memory.fill(gfns, _text_pool(self.rng))
+        self.memory.fill(gfns, text_pool(self.rng))
         for process in range(self.mmu.layout.roots):
-            self._slice_no = process
-            self._translate_writes(0, gfns)  # fill() has stamped the pages already
-        self._slice_no = 0
+            self._translate_writes(0, gfns, process)  # fill() has stamped the pages already
         self.tlbs.flush_all()
         self.stats = GuestStats()
 

@@ -14,9 +14,21 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from vmmodel.memory import MemSlot
-from vmmodel.spec import WorkloadSpec
+from vmmodel.spec import DEFAULT_SLICE_NS, MAX_WRITE_RATE, NS_PER_S, WorkloadSpec
 
-NS_PER_S = 1_000_000_000
+# The ceiling on the writes one slice generates (so on its gfn array), whatever the rate,
+# fps or slice length. It never binds at the spec's highest rate with the default slice:
+MIN_SLICE_WRITE_CEILING = int(MAX_WRITE_RATE * DEFAULT_SLICE_NS / NS_PER_S)  # 1e6: 8 MB
+# Past that, 16 writes per page of the working set. A slice stamps each page once and
+# faults each spte at most once per vCPU, and at this density a uniform slice has written
+# all but 1e-7 of the working set (e**-16): more writes could move little but the `writes`
+# counter. 128 bytes per page is a small multiple of the model's own per-page state.
+MAX_WRITES_PER_PAGE_PER_SLICE = 16
+
+
+def slice_write_ceiling(pages: int) -> int:
+    """The most writes one slice over a working set of `pages` generates."""
+    return max(MIN_SLICE_WRITE_CEILING, MAX_WRITES_PER_PAGE_PER_SLICE * pages)
 
 
 class Workload(ABC):
@@ -45,11 +57,15 @@ class RateWorkload(Workload):
     _carry = 0.0  # the fraction of a write due, carried to the next slice
 
     def _count(self, dt_ns: float, activity: float) -> int:
-        """Writes due in this slice; the fraction carries over, so no rate is rounded away."""
+        """Writes due in this slice; the fraction carries over, so no rate is rounded away.
+
+        At most `slice_write_ceiling`: writes past it are dropped, not carried (a slice
+        could hardly show them).
+        """
         due = self.spec.rate * dt_ns / NS_PER_S * activity + self._carry
         n = int(due)
         self._carry = due - n
-        return n
+        return min(n, slice_write_ceiling(self.pages))
 
     def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
         return self._pick(rng, t_ns, self._count(dt_ns, activity))
@@ -92,7 +108,10 @@ class Zipf(RateWorkload):
 
     def __init__(self, spec: WorkloadSpec, slot: MemSlot, rng: np.random.Generator) -> None:
         super().__init__(spec, slot)
-        weights = 1.0 / np.arange(1, self.pages + 1, dtype=np.float64) ** spec.exponent
+        # A huge exponent overflows k**s to inf for k >= 2: weight 0, all writes on rank 1,
+        # which is what the exponent asks for; not worth a warning on the user's terminal.
+        with np.errstate(over="ignore"):
+            weights = 1.0 / np.arange(1, self.pages + 1, dtype=np.float64) ** spec.exponent
         self.cdf = np.cumsum(weights)
         self.cdf /= self.cdf[-1]
         self.rank_to_gfn = self.base + rng.permutation(self.pages).astype(np.int64)
@@ -119,18 +138,26 @@ class Vga(Workload):
     """A display: every 1/fps s one region (a `region` share of the framebuffer) is repainted.
 
     Frames repaint the regions in turn. `rate` is not used: fps and region set it.
+    A slice runs at most `slice_write_ceiling` writes' worth of frames, its last ones: past
+    `regions` frames, the earlier ones write no page that those do not.
     """
 
     def __init__(self, spec: WorkloadSpec, slot: MemSlot) -> None:
         super().__init__(spec, slot)
         self.region_pages = max(1, int(round(spec.region * self.pages)))
         self.regions = max(1, self.pages // self.region_pages)
+        self.max_frames = max(self.regions, slice_write_ceiling(self.pages) // self.region_pages)
 
     def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
-        first = math.floor(t_ns * self.spec.fps / NS_PER_S)
-        last = math.floor((t_ns + dt_ns) * self.spec.fps / NS_PER_S)
+        try:
+            first = math.floor(t_ns * self.spec.fps / NS_PER_S)
+            last = math.floor((t_ns + dt_ns) * self.spec.fps / NS_PER_S)
+        except OverflowError:  # t * fps past the float range: the slice repaints it all
+            first, last = 0, self.max_frames
         painted = int(self.region_pages * min(activity, 1.0))
-        frames = np.arange(first + 1, last + 1)
+        # Python ints: a huge fps gives frame numbers past int64, the region number does not.
+        lo = max(first, last - self.max_frames) + 1
+        frames = lo % self.regions + np.arange(last + 1 - lo, dtype=np.int64)
         starts = (frames % self.regions) * self.region_pages
         return (self.base + starts[:, None] + np.arange(painted)).ravel()
 

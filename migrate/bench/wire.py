@@ -40,6 +40,7 @@ from migrate.digest import page_digests
 from migrate.source import datapath
 from migrate.source.client import DestinationClient
 from migrate.source.clock import VirtualClock
+from vmmodel import text_pages
 
 PAGE = wire.PAGE_SIZE
 MB = 1e6
@@ -65,20 +66,6 @@ def zero_memory(npages: int) -> np.ndarray:
     memory = np.zeros((npages, PAGE), dtype=np.uint8)
     memory[:, 0] = 0  # touched, as a guest's zeroed memory is: not the kernel's shared zero page
     return memory
-
-
-def text_pages(rng: np.random.Generator, npages: int) -> np.ndarray:
-    """Pages of text: words from a 4096-word vocabulary, common words far more often (Zipf)."""
-    letters = np.frombuffer(b"etaoinshrdlucmfwypvbgkqjxz", dtype=np.uint8)
-    lengths = rng.integers(2, 11, 4096)
-    vocabulary = [bytes(letters[rng.integers(0, 26, n)]) for n in lengths]
-    rank = np.arange(1, len(vocabulary) + 1)
-    weights = 1.0 / rank / (1.0 / rank).sum()
-    picks = rng.choice(len(vocabulary), npages * PAGE // 5, p=weights)
-    seps = np.where(rng.random(len(picks)) < 0.08, b"\n", b" ")
-    text = b"".join(vocabulary[i] + sep for i, sep in zip(picks.tolist(), seps.tolist(),
-                                                          strict=True))
-    return np.frombuffer(text[: npages * PAGE], dtype=np.uint8).reshape(npages, PAGE)
 
 
 def mixed_memory(npages: int) -> np.ndarray:

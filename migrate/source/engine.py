@@ -102,7 +102,7 @@ class Source:
     async def _abort(self, status: str, why: str) -> None:
         """Leave the guest running here, intact, and tell the destination to discard."""
         self.vm.resume()
-        self.vm.throttle = 0.0  # QEMU's cpu_throttle_stop() when a migration ends
+        self.vm.set_throttle(0.0)  # QEMU's cpu_throttle_stop() when a migration ends
         self.report.status = status
         self.report.error = why
         self.ram.remaining = self.vm.dirty_pages_pending() * PAGE_SIZE
@@ -160,7 +160,7 @@ class Source:
                      bandwidth, expected)
         if self.auto_converge is not None:
             pct = self.auto_converge.after_sync(now, traffic.bytes, remaining)
-            self.vm.throttle = pct / 100  # the vCPUs run (100 - pct) % of the time from now
+            self.vm.set_throttle(pct / 100)  # the vCPUs run (100 - pct) % of the time from now
             self.report.cpu_throttle_percentage = pct
         figures = PassFigures(iteration, remaining, bandwidth, now)
         return harvest.gfns, figures
@@ -221,7 +221,7 @@ class Source:
             return
         # The destination did not resume: the guest carries on here, unthrottled.
         self.vm.resume()
-        self.vm.throttle = 0.0
+        self.vm.set_throttle(0.0)
         self.report.status = "failed"
         self.report.error = (f"verification failed: {self.report.lost_count} pages at the "
                              "destination differ from the source (lost writes)")
@@ -295,7 +295,7 @@ class Source:
         s = self.vm.stats
         return {"writes": s.writes, "write-faults": s.write_faults, "page-faults": s.page_faults,
                 "fault-ns": round(s.fault_ns), "vcpu-stall-ns": round(s.vcpu_stall_ns),
-                "zapped-pages": s.zapped_pages, "n-used-mmu-pages": self.vm.mmu.n_used_mmu_pages,
+                "zapped-pages": s.zapped_pages, "n-used-mmu-pages": self.vm.n_used_mmu_pages,
                 "running": not self.vm.paused}
 
 

@@ -1,29 +1,43 @@
 """Dirty-log harvest strategies: one interface, `harvest(work) -> gfns`.
 
-`STRATEGIES` maps the names users give (config `mmu.strategy`) to them.
+`STRATEGIES` maps the names users give (config `mmu.strategy`) to them; each
+entry says whether it is one of the deliberately broken variants, and the
+correct and broken name lists are derived from that flag.
 Run one through `Vm.harvest(slot_id, name)`, which returns a HarvestResult.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from vmmodel.harvest import broken, heuristic, rmap, walk
-from vmmodel.harvest.kernel import HarvestResult, KernelWork
+from vmmodel.harvest.kernel import HarvestResult, KernelWork, Kvm
 
-Strategy = Callable[[KernelWork], np.ndarray]
+
+@dataclass(frozen=True)
+class Strategy:
+    """A harvest function and what it is for."""
+
+    harvest: Callable[[KernelWork], np.ndarray]
+    # Deliberately broken (for validation): the emulator must catch it losing writes.
+    broken: bool = False
+
+    def __call__(self, work: KernelWork) -> np.ndarray:
+        return self.harvest(work)
+
 
 STRATEGIES: dict[str, Strategy] = {
-    "walk": walk.harvest,
-    "rmap": rmap.harvest,
-    "heuristic": heuristic.harvest,
-    "rmap-noflush": broken.rmap_skip_flush,
-    "protect-before-take": broken.protect_before_take,
+    "walk": Strategy(walk.harvest),
+    "rmap": Strategy(rmap.harvest),
+    "heuristic": Strategy(heuristic.harvest),
+    "rmap-noflush": Strategy(broken.rmap_skip_flush, broken=True),
+    "protect-before-take": Strategy(broken.protect_before_take, broken=True),
 }
-CORRECT_STRATEGIES = ("walk", "rmap", "heuristic")
-BROKEN_STRATEGIES = ("rmap-noflush", "protect-before-take")
+CORRECT_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if not s.broken)
+BROKEN_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.broken)
 
 __all__ = ["STRATEGIES", "CORRECT_STRATEGIES", "BROKEN_STRATEGIES", "HarvestResult",
-           "KernelWork", "Strategy"]
+           "KernelWork", "Kvm", "Strategy"]

@@ -12,15 +12,45 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from vmmodel.costs import CostTable
+from vmmodel.lock import MmuLock
+from vmmodel.memory import MemSlot
+from vmmodel.mmu import Mmu
+from vmmodel.tlb import Tlbs
+
 KVM_NR_PAGE_SIZES = 3  # arch/x86/include/asm/kvm_host.h (4K, 2M, 1G)
 
-if TYPE_CHECKING:
-    from vmmodel.memory import MemSlot
-    from vmmodel.vm import Vm
+
+class Kvm(Protocol):
+    """What a harvest works on, as KVM's dirty-log code is handed a `struct kvm *`.
+
+    The MMU and the vCPUs' TLBs it changes, the mmu_lock it takes, the cost
+    table that prices each step, and the guest's time, which runs on while the
+    kernel works. `Vm` is one; a test can pass a small stand-in.
+    """
+
+    mmu: Mmu
+    tlbs: Tlbs
+    lock: MmuLock
+    costs: CostTable
+
+    @property
+    def vcpus(self) -> int:
+        """Running vCPUs: each must ack a remote TLB flush."""
+        ...
+
+    @property
+    def now_ns(self) -> float:
+        """Guest time now: where the step's mmu_lock window starts."""
+        ...
+
+    def advance(self, dt_ns: float) -> None:
+        """Run the guest for `dt_ns` while the kernel works."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -88,27 +118,27 @@ class HarvestResult:
 class KernelWork:
     """The steps of one harvest of `slot`, priced and interleaved with the guest."""
 
-    def __init__(self, vm: Vm, slot: MemSlot, strategy: str) -> None:
-        self.vm = vm
+    def __init__(self, kvm: Kvm, slot: MemSlot, strategy: str) -> None:
+        self.kvm = kvm
         self.slot = slot
-        self.costs = vm.costs
+        self.costs = kvm.costs
         self.strategy = strategy
         self.branch = strategy
         self.kernel_ns = 0.0
         self.counts = {"sptes_visited": 0, "shadow_pages_visited": 0, "rmap_steps": 0,
                        "lock_acquisitions": 0, "lock_hold_ns": 0.0, "tlb_flushes": 0}
         self.nr_dirty_pages = slot.nr_dirty_pages
-        self.n_used_mmu_pages = vm.mmu.n_used_mmu_pages
+        self.n_used_mmu_pages = kvm.mmu.n_used_mmu_pages
         self._wall_start = time.perf_counter_ns()
 
     def _elapse(self, ns: float, *, hold_ns: float = 0.0, acquisitions: int = 0) -> None:
         """The step takes `ns` of kernel time; the guest runs meanwhile."""
         if acquisitions:
-            self.vm.lock.hold(self.vm.now_ns, hold_ns, acquisitions, span_ns=ns)
+            self.kvm.lock.hold(self.kvm.now_ns, hold_ns, acquisitions, span_ns=ns)
             self.counts["lock_acquisitions"] += acquisitions
             self.counts["lock_hold_ns"] += hold_ns
         self.kernel_ns += ns
-        self.vm.advance(ns)
+        self.kvm.advance(ns)
 
     def get_dirty_log(self) -> np.ndarray:
         """KVM_GET_DIRTY_LOG's copy: take and clear the slot's bitmap."""
@@ -117,15 +147,11 @@ class KernelWork:
         self._elapse(c.get_dirty_log_ns + self.slot.bitmap_words * c.bitmap_word_ns)
         return gfns
 
-    def peek_dirty_log(self) -> np.ndarray:
-        """Read the bitmap without clearing it (only a broken ordering needs this)."""
-        return self.slot.peek_dirty_gfns()
-
     def rmap_write_protect(self, gfns: np.ndarray) -> bool:
         """kvm_mmu_rmap_write_protect for each gfn, taking mmu_lock around each one."""
         if len(gfns) == 0:
             return False
-        flush, steps = self.vm.mmu.rmap_write_protect(gfns)
+        flush, steps = self.kvm.mmu.rmap_write_protect(gfns)
         c = self.costs
         # kvm_mmu_rmap_write_protect looks up the gfn's rmap head at every page size
         # (4K, 2M, 1G: KVM_NR_PAGE_SIZES), whether or not huge pages are in use.
@@ -136,7 +162,7 @@ class KernelWork:
 
     def slot_remove_write_access(self) -> bool:
         """kvm_mmu_slot_remove_write_access: every shadow page, under one mmu_lock hold."""
-        flush, pages, sptes = self.vm.mmu.slot_remove_write_access(self.slot.id)
+        flush, pages, sptes = self.kvm.mmu.slot_remove_write_access(self.slot.id)
         c = self.costs
         hold = pages * c.shadow_page_visit_ns + sptes * c.spte_visit_ns
         self.counts["shadow_pages_visited"] += pages
@@ -146,8 +172,8 @@ class KernelWork:
 
     def flush_remote_tlbs(self) -> None:
         """kvm_flush_remote_tlbs: stale entries stay usable until every vCPU has acked."""
-        self._elapse(self.costs.tlb_flush_cost_ns(self.vm.guest.vcpus))
-        self.vm.tlbs.flush_all()
+        self._elapse(self.costs.tlb_flush_cost_ns(self.kvm.vcpus))
+        self.kvm.tlbs.flush_all()
         self.counts["tlb_flushes"] += 1
 
     def result(self, gfns: np.ndarray) -> HarvestResult:
