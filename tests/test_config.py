@@ -1,6 +1,7 @@
 """Scenario loading: defaults, merging, --set, validation messages, round trips."""
 
 import dataclasses
+import re
 import tomllib
 
 import pytest
@@ -16,6 +17,15 @@ from migrate.config import (
     apply_override,
     load_scenario,
     scenario_from_dict,
+)
+from migrate.config.schema import Choice, Flag, Rate, Time, keys_of
+from migrate.config.specs import (
+    GUEST_SCHEMA,
+    MMU_SCHEMA,
+    PARTS_KEY,
+    PHASES_KEY,
+    WORKLOAD_SCHEMA,
+    spec_fields_without_key,
 )
 from vmmodel.costs import CostTable
 
@@ -213,7 +223,7 @@ BAD_VALUES = [
     ("guest.vga=1", "guest.vga", "1"),
     ("guest.vga-memory=5000", "guest.vga-memory", "5000"),
     ("guest.slice=5", "guest.slice", "5"),
-    ("guest.slice=0s", "guest.slice", "'0s'"),
+    ("guest.slice=0s", "guest.slice", "0s"),
     ("guest.workload=idle", "guest.workload", "'idle'"),
     ("guest.workload.kind=busy", "guest.workload.kind", "'busy'"),
     ("guest.workload.kind=vga", "guest.workload.kind", "'vga'"),
@@ -412,12 +422,60 @@ def test_round_trip(overrides):
     assert scenario_from_dict(tomllib.loads(_to_toml(data))) == s
 
 
-def test_round_trip_every_dataclass():
-    s = load_scenario(None, ROUND_TRIPS[6])
-    assert MigrationParams.from_dict(s.migration.to_dict()) == s.migration
-    assert LinkParams.from_dict(s.link.to_dict()) == s.link
-    assert MigrationParams.from_dict({}) == MigrationParams()
-    assert LinkParams.from_dict({}) == LinkParams()
+def _not_default(kind, default):
+    """Return an in-bounds value of *kind* other than *default*."""
+    if isinstance(kind, Choice):
+        return next(c for c in kind.choices if c != default)
+    if isinstance(kind, Flag):
+        return not default
+    if isinstance(kind, Rate):
+        return default * 2
+    if isinstance(kind, Time):
+        return default + 1_000_000 if kind.high is None or default < kind.high else default - 1
+    return default + 1 if default < kind.high else default - 1  # Integer
+
+
+@pytest.mark.parametrize("cls", [MigrationParams, LinkParams])
+def test_round_trip_every_dataclass(cls):
+    defaults = cls()
+    changed = cls(**{f: _not_default(k.kind, getattr(defaults, f)) for f, k in keys_of(cls)})
+    assert all(getattr(changed, f) != getattr(defaults, f) for f, _ in keys_of(cls))
+    assert cls.from_dict(changed.to_dict()) == changed
+    assert cls.from_dict({}) == defaults
+    assert [f.name for f in dataclasses.fields(cls)] == [f for f, _ in keys_of(cls)]
+
+
+def test_every_spec_field_has_one_key():
+    assert spec_fields_without_key() == {"WorkloadSpec": set(), "GuestSpec": set(),
+                                         "MmuSpec": set()}
+
+
+def _readme_tables() -> dict[str, dict[str, str]]:
+    """Return the README's Configuration key tables: `[table]` -> key -> meaning."""
+    text = (CONFIGS_DIR.parent / "README.md").read_text()
+    text = text[text.index("## Configuration"):text.index("### `--set`")]
+    tables: dict[str, dict[str, str]] = {}
+    current = ""
+    for line in text.splitlines():
+        head = re.match(r"^`(\[[a-z.]+\])`", line)
+        if head:
+            current = head[1]
+        row = re.match(r"^\| `([a-z-]+)` \| .*? \| (.*) \|$", line)
+        if row and current:
+            tables.setdefault(current, {})[row[1]] = row[2]
+    return tables
+
+
+def test_readme_key_tables_are_the_schema():
+    schema = {
+        "[guest]": {s.key.name: s.key.doc for s in GUEST_SCHEMA if s.key.name != "workload"},
+        "[guest.workload]": {s.key.name: s.key.doc
+                             for s in (*WORKLOAD_SCHEMA, PHASES_KEY, PARTS_KEY)},
+        "[mmu]": {s.key.name: s.key.doc for s in MMU_SCHEMA},
+        "[migration]": {k.name: k.doc for _, k in keys_of(MigrationParams)},
+        "[link]": {k.name: k.doc for _, k in keys_of(LinkParams)},
+    }
+    assert _readme_tables() == schema
 
 
 def test_to_dict_uses_toml_spelling():
