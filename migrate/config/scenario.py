@@ -49,15 +49,6 @@ class Scenario:
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
         return scenario_from_dict(data)
 
-    def with_overrides(self, overrides: Sequence[str]) -> Scenario:
-        """Return this scenario with `--set`-style *overrides* applied.
-
-        They apply to `to_dict()`, where a working set is "100%" when it is the
-        whole slot and a size otherwise, so a share such as "50%" stays the
-        size it resolved to when guest.memory changes.
-        """
-        return scenario_from_dict(self.to_dict(), overrides)
-
 
 _TOP_KEYS = tuple(f for f in Scenario.__dataclass_fields__ if f != "costs")  # costs: in [mmu]
 
