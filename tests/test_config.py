@@ -7,9 +7,12 @@ import tomllib
 import pytest
 
 from migrate.config import (
+    CLOCKS,
+    COMPRESSIONS,
     CONFIGS_DIR,
     DEFAULT_CONFIG,
     KNOWN_STRATEGIES,
+    NO_CONVERGENCE_POLICIES,
     ConfigError,
     LinkParams,
     MigrationParams,
@@ -27,7 +30,7 @@ from migrate.config.specs import (
     WORKLOAD_SCHEMA,
     spec_fields_without_key,
 )
-from vmmodel.costs import CostTable
+from vmmodel import MMU_SHAPES, STRATEGIES, WORKLOAD_KINDS, CostTable
 
 MiB, GiB = 1024**2, 1024**3
 
@@ -71,14 +74,26 @@ def test_code_defaults_match_default_toml():
     assert set(tomllib.loads(DEFAULT_CONFIG.read_text())) == set(s.to_dict())
 
 
+def _choices_in_comment(key: str) -> list[str]:
+    """Return the choices that configs/default.toml's comment lists for *key* ("a | b")."""
+    for line in DEFAULT_CONFIG.read_text().splitlines():
+        if line.split("=")[0].strip() == key and "#" in line:
+            comment = line.split("#", 1)[1]
+            return [word.split()[0].strip('"') for word in comment.split("|")]
+    raise AssertionError(f"no {key} = line with a comment in {DEFAULT_CONFIG}")
+
+
 def test_strategies_in_default_comment_are_known():
-    assert set(KNOWN_STRATEGIES) == {
-        "walk",
-        "rmap",
-        "heuristic",
-        "rmap-noflush",
-        "protect-before-take",
-    }
+    assert KNOWN_STRATEGIES == tuple(STRATEGIES)
+    assert _choices_in_comment("strategy") == list(KNOWN_STRATEGIES)
+
+
+@pytest.mark.parametrize(("key", "choices"), [
+    ("kind", WORKLOAD_KINDS), ("shape", MMU_SHAPES), ("clock", CLOCKS),
+    ("on-no-convergence", NO_CONVERGENCE_POLICIES), ("compression", COMPRESSIONS),
+])
+def test_choices_in_default_comments_are_the_accepted_ones(key, choices):
+    assert _choices_in_comment(key) == list(choices)
 
 
 # --- overrides ----------------------------------------------------------------
