@@ -103,15 +103,16 @@ class Table:
         return size // PAGE_SIZE
 
 
-def read_toml(path: Path, what: str = "config") -> dict[str, Any]:
-    """Return the TOML file at *path* as a dict; *what* names the key that named it.
+def read_toml(path: Path, where: str = "") -> dict[str, Any]:
+    """Return the TOML file at *path* as a dict; *where* names the key that named it.
 
     Raise `ConfigError` naming the file if it cannot be read or is not valid TOML.
     """
+    lead = f"{where}: " if where else ""
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except OSError as exc:
-        raise error(f"{what}: cannot read {str(path)!r}: {exc.strerror}") from None
+        raise error(f"{lead}cannot read {str(path)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise error(f"{what}: {path}: {exc}") from None
+        raise error(f"{lead}{path}: {exc}") from None

@@ -195,6 +195,8 @@ def workload_from_toml(
     if kind == "vga" and not vga_pages:
         raise t.bad("kind", kind, "needs guest.vga = true")
     slot_pages = vga_pages if kind == "vga" else memory_pages
+    if DURATION_KEY in schema and not t.has("duration"):
+        raise error(f"{t.key('duration')}: missing (each phase needs a positive duration)")
     fields = {"kind": kind, **_read_simple(t, schema, d)}
     fields["working_set_pages"] = _working_set_pages(t, slot_pages)
     for child, child_role, child_kind in _CHILDREN:
