@@ -10,6 +10,7 @@ from migrate.config import (
     CLOCKS,
     COMPRESSIONS,
     CONFIGS_DIR,
+    COST_CEILINGS_NS,
     DEFAULT_CONFIG,
     KNOWN_STRATEGIES,
     NO_CONVERGENCE_POLICIES,
@@ -30,6 +31,7 @@ from migrate.config.specs import (
     WORKLOAD_SCHEMA,
     spec_fields_without_key,
 )
+from tests.procs import SMALL, precopy
 from vmmodel import MMU_SHAPES, STRATEGIES, WORKLOAD_KINDS, CostTable
 
 MiB, GiB = 1024**2, 1024**3
@@ -561,3 +563,45 @@ def test_a_phase_without_duration_says_it_is_missing():
         load_scenario(None, ["guest.workload.kind=phases", "guest.workload.phases=[{kind='idle'}]"])
     assert str(err.value) == ("config: guest.workload.phases[0].duration: missing "
                               "(each phase needs a positive duration)")
+
+
+# --- inputs that used to hang, crash or exhaust memory (issue 10) --------------
+
+
+def _one_line_error(*args: str):
+    """Run precopy with *args*; return its stderr, asserting exit 2 and one line."""
+    proc = precopy(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(COST_CEILINGS_NS))
+@pytest.mark.parametrize("value", ["inf", "nan", "1e13", "above"])
+def test_every_cost_constant_is_finite_and_under_its_ceiling(name, value):
+    text = repr(COST_CEILINGS_NS[name] * 1.5) if value == "above" else value
+    with pytest.raises(ConfigError) as err:
+        load_scenario(None, [f"mmu.costs={{{name}={text}}}"])
+    message = str(err.value)
+    assert message.startswith("config: mmu.costs: ") and name in message, message
+    assert f"{COST_CEILINGS_NS[name]:,.0f}" in message  # the ceiling, as the README gives it
+    at_ceiling = load_scenario(None, [f"mmu.costs={{{name}={COST_CEILINGS_NS[name]!r}}}"])
+    assert getattr(at_ceiling.costs, name) == COST_CEILINGS_NS[name]
+
+
+def test_every_cost_constant_has_a_ceiling_and_shipped_tables_keep_to_them():
+    assert set(COST_CEILINGS_NS) == {f.name for f in dataclasses.fields(CostTable)} - {"name"}
+    for path in sorted((CONFIGS_DIR / "costs").glob("*.toml")):
+        load_scenario(None, [f"mmu.costs={path}"])  # raises if a shipped constant is out
+
+
+def test_cost_file_with_inf_names_the_file(tmp_path):
+    path = tmp_path / "inf.toml"
+    path.write_text("tlb_flush_ns = inf\n")
+    with pytest.raises(ConfigError, match=r"^config: mmu\.costs: .*inf\.toml: tlb_flush_ns = inf"):
+        load_scenario(None, [f"mmu.costs={path}"])
+
+
+def test_infinite_cost_is_a_usage_error_not_a_hang():
+    stderr = _one_line_error("run", str(SMALL), "--set", "mmu.costs={tlb_flush_ns=inf}")
+    assert "mmu.costs" in stderr and "tlb_flush_ns = inf" in stderr

@@ -10,11 +10,11 @@ message names the key and the value. One module per job:
 - `schema`: how a key is declared once (`key()`, its `Kind`) and what is derived from it;
 - `params`: [migration] and [link], this package's own parameters;
 - `specs`: [guest] and [mmu], translated to vmmodel's specs;
-- `costs`: cost tables, by name, path or inline;
+- `costs`: cost tables, by name, path or inline, each constant bounded;
 - `scenario`: the Scenario, merging, `--set`, loading.
 """
 
-from migrate.config.costs import CONFIGS_DIR, COSTS_DIR
+from migrate.config.costs import CONFIGS_DIR, COST_CEILINGS_NS, COSTS_DIR
 from migrate.config.params import (
     COMPRESSIONS,
     MAX_BATCH_PAGES,
@@ -36,7 +36,7 @@ from migrate.config.scenario import (
 from migrate.config.specs import HUGE_PAGE_SIZE, KNOWN_STRATEGIES
 
 __all__ = [
-    "CLOCKS", "COMPRESSIONS", "CONFIGS_DIR", "COSTS_DIR", "DEFAULT_CONFIG",
+    "CLOCKS", "COMPRESSIONS", "CONFIGS_DIR", "COSTS_DIR", "COST_CEILINGS_NS", "DEFAULT_CONFIG",
     "HUGE_PAGE_SIZE", "KNOWN_STRATEGIES", "MAX_BATCH_PAGES", "MAX_LATENCY_NS",
     "MIN_BANDWIDTH_BPS", "NO_CONVERGENCE_POLICIES", "ConfigError", "LinkParams",
     "MigrationParams", "Scenario", "apply_override", "load_scenario", "scenario_from_dict",

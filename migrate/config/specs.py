@@ -107,7 +107,8 @@ MMU_SCHEMA: tuple[SpecKey, ...] = (
     _k(None, "costs", Special(),
        "cost table: a name in `configs/costs/` (`kvm-x86` is `configs/costs/kvm-x86.toml`), "
        "a path to a TOML file (relative to the config file that names it), or an inline "
-       "table of constants (one left out takes the model's built-in value)"),
+       "table of constants (one left out takes the model's built-in value); each constant "
+       "is bounded (see [Cost constants](#cost-constants))"),
     _k("max_mmu_pages", "max-mmu-pages", Integer(0, UNBOUNDED),
        "KVM's `n_max_mmu_pages`; 0 is KVM's default, 20 per 1000 guest pages"),
     _k("tlb_entries", "tlb-entries", Integer(1, UNBOUNDED),
