@@ -605,3 +605,36 @@ def test_cost_file_with_inf_names_the_file(tmp_path):
 def test_infinite_cost_is_a_usage_error_not_a_hang():
     stderr = _one_line_error("run", str(SMALL), "--set", "mmu.costs={tlb_flush_ns=inf}")
     assert "mmu.costs" in stderr and "tlb_flush_ns = inf" in stderr
+
+
+VGA = ["guest.vga=true", "guest.workload.kind=vga"]
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    ([*VGA, "guest.workload.fps=1e9"], "guest.workload.fps"),
+    ([*VGA, "guest.workload.fps=1e300"], "guest.workload.fps"),
+    ([*VGA, "guest.workload.fps=inf"], "guest.workload.fps"),
+    # each bound alone is fine, but a 4 GiB framebuffer repainted 1000 times a second is not
+    ([*VGA, "guest.vga-memory=4GiB", "guest.workload.fps=1000", "guest.workload.region=1"],
+     "guest.workload.fps"),
+    (["guest.workload.kind=zipf", "guest.workload.exponent=1e308"], "guest.workload.exponent"),
+    (["guest.workload.exponent=-1"], "guest.workload.exponent"),
+    (["guest.workload.rate=1e400"], "guest.workload.rate"),
+    (["guest.workload.rate=inf"], "guest.workload.rate"),
+    (["guest.workload.hot-writes=nan"], "guest.workload.hot-writes"),
+    (["guest.workload.region=inf"], "guest.workload.region"),
+    (["guest.slice=1e30s"], "guest.slice"),
+    (["mmu.shared=nan"], "mmu.shared"),
+    (["guest.workload.kind=mix", "guest.vga=true",
+      "guest.workload.parts=[{kind='vga', fps=1e9}]"], r"guest.workload.parts[0].fps"),
+])
+def test_rate_like_keys_are_bounded_at_load_time(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_scenario(None, overrides)
+    assert str(err.value).startswith(f"config: {key}: "), str(err.value)
+
+
+def test_vga_at_a_billion_fps_is_a_usage_error_not_a_hang():
+    stderr = _one_line_error("run", str(SMALL), *(f"--set={o}" for o in VGA),
+                             "--set", "guest.workload.fps=1e9")
+    assert "guest.workload.fps" in stderr

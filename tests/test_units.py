@@ -1,5 +1,6 @@
 """Units: what users write parses exactly, errors name the text, formats parse back."""
 
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -289,3 +290,15 @@ def test_every_property_test_here_is_seeded_and_keeps_no_database():
     for test in tests:
         chosen = test._hypothesis_internal_use_settings
         assert chosen.derandomize and chosen.database is None, test.__name__
+
+
+@pytest.mark.parametrize(("parse", "text", "base"), [
+    (parse_size, "1e400B", "bytes"),
+    (parse_size, 1e300, "bytes"),
+    (parse_rate, "1e400B/s", "bytes/s"),
+    (parse_time_ns, "1e20s", "ns"),
+])
+def test_quantities_past_2_63_base_units_are_too_large(parse, text, base):
+    with pytest.raises(ValueError, match=re.escape(f"{text!r}: too large (more than 2^63 {base})")):
+        parse(text)
+    assert parse_time_ns("300000min") == 300_000 * 60 * 10**9  # 208 days is not too large

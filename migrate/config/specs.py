@@ -11,7 +11,6 @@ the code below them, but are still declared once, here.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,10 @@ from vmmodel import (
 KNOWN_STRATEGIES = tuple(STRATEGIES)
 HUGE_PAGE_SIZE = 2 * 1024 * 1024  # guest RAM comes in whole 2 MiB pages
 
+# Ceilings on rate-like keys, checked at load time so a slice stays a slice's worth of work.
+MAX_FPS = 1000.0  # no display refreshes faster; the fastest panels sold run at 500 Hz
+MAX_ZIPF_EXPONENT = 20.0  # past ~3 all writes hit rank 1 already; 1e308 overflows numpy
+MAX_SLICE_NS = 100_000_000  # QEMU's 100 ms bandwidth window: a longer slice would smear it
 MAX_VCPUS = 256
 UNBOUNDED = 2**63  # no bound beyond what an int64 holds
 
@@ -64,7 +67,7 @@ WORKLOAD_SCHEMA: tuple[SpecKey, ...] = (
        "`idle`, `uniform`, `hotspot`, `zipf`, `sequential`, `vga` (writes the framebuffer; "
        "needs `guest.vga = true`), `phases` (see below), `mix` (see below)"),
     _k("rate", "rate", Number(0.0, MAX_WRITE_RATE),
-       "writes per second, all vCPUs together"),
+       "writes per second, all vCPUs together, at most 1e9"),
     _k("working_set_pages", "working-set", Special(),
        "pages the workload writes, from the start of its slot: a size or a share of the slot "
        "(the framebuffer for `vga`, RAM otherwise)"),
@@ -74,10 +77,11 @@ WORKLOAD_SCHEMA: tuple[SpecKey, ...] = (
        "`hotspot`: share of the writes, in (0, 1], that go to..."),
     _k("hot_memory", "hot-memory", _FRACTION,
        "...this share of the working set, in (0, 1]"),
-    _k("exponent", "exponent", Number(-math.inf, math.inf),
-       "`zipf`: P(rank k) ~ 1 / k^exponent"),
-    _k("fps", "fps", Number(0.0, math.inf, open_low=True),
-       "`vga`: frames per second"),
+    _k("exponent", "exponent", Number(0.0, MAX_ZIPF_EXPONENT),
+       "`zipf`: P(rank k) ~ 1 / k^exponent, exponent in [0, 20]"),
+    _k("fps", "fps", Number(0.0, MAX_FPS, open_low=True),
+       "`vga`: frames per second, in (0, 1000]; fps x region x the framebuffer's pages "
+       "is at most 1e9 writes per second"),
     _k("region", "region", _FRACTION,
        "`vga`: share of the framebuffer repainted per frame, in (0, 1]"),
 )
@@ -92,8 +96,8 @@ GUEST_SCHEMA: tuple[SpecKey, ...] = (
        "guest RAM; a multiple of 2 MiB"),
     _k("vcpus", "vcpus", Integer(1, MAX_VCPUS), "virtual CPUs, 1 to 256"),
     _k(None, "vga", Flag(), "add a framebuffer memory slot"),
-    _k("slice_ns", "slice", Time(low=MIN_SLICE_NS),
-       "the guest advances in vectorised slices this long"),
+    _k("slice_ns", "slice", Time(low=MIN_SLICE_NS, high=MAX_SLICE_NS),
+       "the guest advances in vectorised slices this long, 10 us to 100 ms"),
     _k("workload", "workload", Special(), "how the guest writes memory (below)"),
     _k("vga_pages", "vga-memory", Special(), "size of the framebuffer slot (whole 4 KiB pages)"),
 )
@@ -200,6 +204,11 @@ def workload_from_toml(
         raise error(f"{t.key('duration')}: missing (each phase needs a positive duration)")
     fields = {"kind": kind, **_read_simple(t, schema, d)}
     fields["working_set_pages"] = _working_set_pages(t, slot_pages)
+    if kind == "vga":
+        writes = fields["fps"] * fields["region"] * slot_pages
+        if writes > MAX_WRITE_RATE:
+            raise t.bad("fps", fields["fps"], f"repaints {writes:.3g} pages/s, more than "
+                        f"{MAX_WRITE_RATE:.0e} writes/s (lower fps, region or guest.vga-memory)")
     for child, child_role, child_kind in _CHILDREN:
         name = child.key.name
         if child not in schema:
