@@ -22,6 +22,8 @@ from migrate.config import (
     load_scenario,
     scenario_from_dict,
 )
+from migrate.config import scenario as scenario_module
+from migrate.config.host import available_memory_bytes, model_memory_bytes
 from migrate.config.schema import Choice, Flag, Rate, Time, keys_of
 from migrate.config.specs import (
     GUEST_SCHEMA,
@@ -638,3 +640,66 @@ def test_vga_at_a_billion_fps_is_a_usage_error_not_a_hang():
     stderr = _one_line_error("run", str(SMALL), *(f"--set={o}" for o in VGA),
                              "--set", "guest.workload.fps=1e9")
     assert "guest.workload.fps" in stderr
+
+
+def test_config_with_a_bom_is_read_as_without(tmp_path):
+    plain = SMALL.read_bytes()
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain)
+    assert load_scenario(bom) == load_scenario(SMALL)
+
+
+def test_config_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("# caf\u00e9\nseed = 3\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"^config: .*latin1\.toml: not UTF-8 text"):
+        load_scenario(path)
+    stderr = _one_line_error("run", str(path))
+    assert "latin1.toml" in stderr and "UTF-8" in stderr
+    costs = tmp_path / "costs-latin1.toml"
+    costs.write_bytes(b"# \xff\nspte_visit_ns = 1\n")
+    with pytest.raises(ConfigError, match=r"^config: mmu\.costs: .*costs-latin1\.toml: not UTF-8"):
+        load_scenario(None, [f"mmu.costs={costs}"])
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("mmu.tlb-entries=1000000000000", "mmu.tlb-entries"),
+    ("mmu.max-mmu-pages=1000000000000", "mmu.max-mmu-pages"),
+    ("guest.vcpus=100000", "guest.vcpus"),
+])
+def test_sizes_the_model_allocates_are_bounded(override, key):
+    with pytest.raises(ConfigError, match=f"^config: {re.escape(key)}: "):
+        load_scenario(None, [override])
+
+
+def test_a_guest_the_host_cannot_hold_names_guest_memory(monkeypatch):
+    fits = load_scenario(None)
+    need = model_memory_bytes(fits.guest, fits.mmu)
+    monkeypatch.setattr(scenario_module, "available_memory_bytes", lambda: need)
+    assert load_scenario(None) == fits  # exactly enough is enough
+    with pytest.raises(ConfigError) as err:
+        load_scenario(None, ["guest.memory=2GiB"])
+    message = str(err.value)
+    assert message.startswith("config: guest.memory: 2GiB needs about "), message
+    assert "available" in message
+    # a report from a bigger host still reads back: only loading a run to start checks
+    assert scenario_from_dict(load_scenario(None, ["guest.memory=4MiB"]).to_dict())
+
+
+def test_memory_need_counts_written_pages_and_per_page_state():
+    small = load_scenario(None, ["guest.memory=64MiB"])
+    big = load_scenario(None, ["guest.memory=128MiB"])
+    assert model_memory_bytes(big.guest, big.mmu) == 2 * model_memory_bytes(small.guest,
+                                                                             small.mmu)
+    idle_half = load_scenario(None, ["guest.memory=128MiB", "guest.workload.working-set=50%"])
+    assert model_memory_bytes(idle_half.guest, idle_half.mmu) < model_memory_bytes(big.guest,
+                                                                                   big.mmu)
+    assert available_memory_bytes() > 0  # this host's /proc/meminfo reads
+
+
+def test_shadow_mapped_memory_larger_than_the_guest_is_refused():
+    with pytest.raises(ConfigError, match=r"^config: mmu\.mapped-memory: '2GiB' is more than "
+                                          r"guest\.memory \(1GiB\)"):
+        load_scenario(None, ["mmu.shape=shadow", "mmu.mapped-memory=2GiB"])
+    # tdp never reads it: the default does not bind a guest smaller than 64 MiB
+    assert load_scenario(None, ["guest.memory=32MiB"]).guest.memory_pages == 32 * MiB // 4096

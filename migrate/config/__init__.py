@@ -11,6 +11,7 @@ message names the key and the value. One module per job:
 - `params`: [migration] and [link], this package's own parameters;
 - `specs`: [guest] and [mmu], translated to vmmodel's specs;
 - `costs`: cost tables, by name, path or inline, each constant bounded;
+- `host`: whether the model fits this host's memory;
 - `scenario`: the Scenario, merging, `--set`, loading.
 """
 

@@ -18,7 +18,7 @@ MAX_BATCH_PAGES = 4096
 # batches, so a link of a few bytes a second or a day of latency would run for ever.
 MIN_BANDWIDTH_BPS = 1000.0
 MAX_LATENCY_NS = 10_000_000_000
-UNBOUNDED = 2**63  # no bound beyond what an int64 holds
+MAX_ITERATIONS = 1_000_000  # QEMU has no such bound; max-time ends a run long before
 
 _PERCENT = Integer(1, 99)
 
@@ -36,7 +36,7 @@ class MigrationParams(Params):
         "max-bandwidth", Rate(MIN_BANDWIDTH_BPS), 128.0 * 1024 * 1024,
         "the migration's rate limit (QEMU's default)")
     max_iterations: int = key(
-        "max-iterations", Integer(1, UNBOUNDED), 30,
+        "max-iterations", Integer(1, MAX_ITERATIONS), 30,
         "passes before `on-no-convergence` applies")
     max_time_ns: int = key(
         "max-time", Time(), 120_000_000_000,

@@ -15,6 +15,7 @@ from typing import Any
 from vmmodel import PAGE_SIZE
 
 _REQUIRED = object()
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class ConfigError(ValueError):
@@ -106,13 +107,23 @@ class Table:
 def read_toml(path: Path, where: str = "") -> dict[str, Any]:
     """Return the TOML file at *path* as a dict; *where* names the key that named it.
 
-    Raise `ConfigError` naming the file if it cannot be read or is not valid TOML.
+    A UTF-8 byte-order mark is skipped, as editors on Windows write one and
+    tomllib rejects it. Raise `ConfigError` naming the file if it cannot be
+    read, is not UTF-8 text, or is not valid TOML.
     """
     lead = f"{where}: " if where else ""
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise error(f"{lead}cannot read {str(path)!r}: {exc.strerror}") from None
+    if raw.startswith(_UTF8_BOM):
+        raw = raw[len(_UTF8_BOM):]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{lead}{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                    f"{exc.start}); save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{lead}{path}: {exc}") from None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.config.costs import CONFIGS_DIR
+from migrate.config.host import available_memory_bytes, check_host_memory
 from migrate.config.params import LinkParams, MigrationParams
 from migrate.config.reader import Table, error, read_toml
 from migrate.config.specs import guest_from_toml, guest_to_toml, mmu_from_toml, mmu_to_toml
@@ -60,7 +61,7 @@ def _scenario_from_toml(data: dict[str, Any]) -> Scenario:
         raise t.bad("seed", seed, "is negative")
     clock = t.choice("clock", CLOCKS)
     guest = guest_from_toml(t.raw("guest"))
-    mmu, costs = mmu_from_toml(t.raw("mmu"))
+    mmu, costs = mmu_from_toml(t.raw("mmu"), guest.memory_pages)
     return Scenario(
         seed=seed,
         clock=clock,
@@ -134,9 +135,10 @@ def scenario_from_dict(data: dict[str, Any], overrides: Sequence[str] = ()) -> S
 def load_scenario(path: str | Path | None, overrides: Sequence[str] = ()) -> Scenario:
     """Load configs/default.toml, the file at *path* over it (None: none), then *overrides*.
 
-    A relative mmu.costs path in the file is taken relative to the file.
-    Raise `ConfigError` if a file cannot be read or parsed, or as
-    `scenario_from_dict` does.
+    A relative mmu.costs path in the file is taken relative to the file. This
+    is the scenario about to run, so it must fit this host's memory. Raise
+    `ConfigError` if a file cannot be read or parsed, if the model would not
+    fit (naming guest.memory), or as `scenario_from_dict` does.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -146,4 +148,8 @@ def load_scenario(path: str | Path | None, overrides: Sequence[str] = ()) -> Sce
         costs = mmu.get("costs") if isinstance(mmu, dict) else None
         if isinstance(costs, str) and ("/" in costs or costs.endswith(".toml")):
             mmu["costs"] = str(path.parent / costs)  # an absolute path stays as it is
-    return scenario_from_dict(data, overrides)
+    scenario = scenario_from_dict(data, overrides)
+    reason = check_host_memory(scenario.guest, scenario.mmu, available_memory_bytes())
+    if reason:
+        raise error(reason)
+    return scenario

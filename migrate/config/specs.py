@@ -20,6 +20,7 @@ from migrate.config.costs import costs_from_toml
 from migrate.config.reader import ConfigError, Table, error
 from migrate.config.schema import Choice, Flag, Integer, Key, Kind, Number, Time
 from vmmodel import (
+    MAX_GUEST_PAGES,
     MAX_WRITE_RATE,
     MIN_SLICE_NS,
     MMU_SHAPES,
@@ -40,8 +41,8 @@ HUGE_PAGE_SIZE = 2 * 1024 * 1024  # guest RAM comes in whole 2 MiB pages
 MAX_FPS = 1000.0  # no display refreshes faster; the fastest panels sold run at 500 Hz
 MAX_ZIPF_EXPONENT = 20.0  # past ~3 all writes hit rank 1 already; 1e308 overflows numpy
 MAX_SLICE_NS = 100_000_000  # QEMU's 100 ms bandwidth window: a longer slice would smear it
+MAX_TLB_ENTRIES = 65_536  # x86 STLBs hold 1.5-3 K entries; the model keeps a ring per vCPU
 MAX_VCPUS = 256
-UNBOUNDED = 2**63  # no bound beyond what an int64 holds
 
 
 class Special(Kind):
@@ -93,7 +94,7 @@ PARTS_KEY = _k("parts", "parts", Special(),
 
 GUEST_SCHEMA: tuple[SpecKey, ...] = (
     _k("memory_pages", "memory", Special(),
-       "guest RAM; a multiple of 2 MiB"),
+       "guest RAM; a multiple of 2 MiB; the model must fit in the host's available memory"),
     _k("vcpus", "vcpus", Integer(1, MAX_VCPUS), "virtual CPUs, 1 to 256"),
     _k(None, "vga", Flag(), "add a framebuffer memory slot"),
     _k("slice_ns", "slice", Time(low=MIN_SLICE_NS, high=MAX_SLICE_NS),
@@ -113,14 +114,14 @@ MMU_SCHEMA: tuple[SpecKey, ...] = (
        "a path to a TOML file (relative to the config file that names it), or an inline "
        "table of constants (one left out takes the model's built-in value); each constant "
        "is bounded (see [Cost constants](#cost-constants))"),
-    _k("max_mmu_pages", "max-mmu-pages", Integer(0, UNBOUNDED),
+    _k("max_mmu_pages", "max-mmu-pages", Integer(0, MAX_GUEST_PAGES),
        "KVM's `n_max_mmu_pages`; 0 is KVM's default, 20 per 1000 guest pages"),
-    _k("tlb_entries", "tlb-entries", Integer(1, UNBOUNDED),
-       "writable translations each vCPU's TLB keeps"),
+    _k("tlb_entries", "tlb-entries", Integer(1, MAX_TLB_ENTRIES),
+       "writable translations each vCPU's TLB keeps, 1 to 65536"),
     _k("address_spaces", "address-spaces", Integer(1, 64),
        "`shadow`: guest processes, 1 to 64"),
     _k("mapped_pages", "mapped-memory", Special(),
-       "`shadow`: memory each process maps"),
+       "`shadow`: memory each process maps, at most `guest.memory`"),
     _k("shared", "shared", Number(0.0, 1.0),
        "`shadow`: share of each process's mappings shared by all, in [0, 1]"),
 )
@@ -260,6 +261,11 @@ def guest_from_toml(data: object) -> GuestSpec:
     vga_pages = vga_memory_pages if vga else 0
     if vga and not vga_pages:
         raise t.bad("vga-memory", t.raw("vga-memory"), "is empty but guest.vga = true")
+    if memory_pages + vga_pages > MAX_GUEST_PAGES:
+        what = "guest.memory + guest.vga-memory" if vga_pages else "guest.memory"
+        raise error(f"{what}: {units.format_bytes((memory_pages + vga_pages) * PAGE_SIZE)} "
+                    f"is more than {units.format_bytes(MAX_GUEST_PAGES * PAGE_SIZE)} "
+                    "(the model keeps per-page state)")
     fields = _read_simple(t, GUEST_SCHEMA, d)
     workload = workload_from_toml(
         t.raw("workload"), "guest.workload", "top", memory_pages, vga_pages
@@ -293,12 +299,20 @@ def guest_to_toml(g: GuestSpec) -> dict[str, Any]:
 # --- the MMU -------------------------------------------------------------------------
 
 
-def mmu_from_toml(data: object) -> tuple[MmuSpec, CostTable]:
-    """Read [mmu]: the spec and its cost table."""
+def mmu_from_toml(data: object, memory_pages: int) -> tuple[MmuSpec, CostTable]:
+    """Read [mmu] for a guest of *memory_pages*: the spec and its cost table.
+
+    Raise `ConfigError` for a shadow MMU whose mmu.mapped-memory is larger
+    than the guest's RAM: a guest process cannot map more memory than the
+    guest has. (tdp ignores the key, so its default does not bind a small guest.)
+    """
     t = Table(data, "mmu", _names(MMU_SCHEMA))
     fields = _read_simple(t, MMU_SCHEMA, MmuSpec())
     mapped_pages = t.pages("mapped-memory", units.parse_size, units.format_bytes(
         MmuSpec().mapped_pages * PAGE_SIZE))
+    if fields["shape"] == "shadow" and mapped_pages > memory_pages:
+        raise t.bad("mapped-memory", t.raw("mapped-memory"), "is more than guest.memory "
+                    f"({units.format_bytes(memory_pages * PAGE_SIZE)})")
     mmu = _spec_call("mmu", lambda: MmuSpec(**fields, mapped_pages=mapped_pages))
     return mmu, costs_from_toml(t.raw("costs"))
 
