@@ -703,3 +703,9 @@ def test_shadow_mapped_memory_larger_than_the_guest_is_refused():
         load_scenario(None, ["mmu.shape=shadow", "mmu.mapped-memory=2GiB"])
     # tdp never reads it: the default does not bind a guest smaller than 64 MiB
     assert load_scenario(None, ["guest.memory=32MiB"]).guest.memory_pages == 32 * MiB // 4096
+
+
+def test_shadow_only_keys_are_marked_in_the_readme():
+    mmu = _readme_tables()["[mmu]"]
+    for key_name in ("max-mmu-pages", "address-spaces", "mapped-memory", "shared"):
+        assert mmu[key_name].startswith("`shadow`: "), key_name

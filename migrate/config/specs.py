@@ -115,7 +115,7 @@ MMU_SCHEMA: tuple[SpecKey, ...] = (
        "table of constants (one left out takes the model's built-in value); each constant "
        "is bounded (see [Cost constants](#cost-constants))"),
     _k("max_mmu_pages", "max-mmu-pages", Integer(0, MAX_GUEST_PAGES),
-       "KVM's `n_max_mmu_pages`; 0 is KVM's default, 20 per 1000 guest pages"),
+       "`shadow`: KVM's `n_max_mmu_pages`; 0 is KVM's default, 20 per 1000 guest pages"),
     _k("tlb_entries", "tlb-entries", Integer(1, MAX_TLB_ENTRIES),
        "writable translations each vCPU's TLB keeps, 1 to 65536"),
     _k("address_spaces", "address-spaces", Integer(1, 64),
