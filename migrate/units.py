@@ -88,6 +88,10 @@ _NUMBER = re.compile(
 
 
 _EXAMPLE = {"size": "'1GiB'", "rate": "'128MiB/s'", "time": "'300ms'"}
+_BASE = {"size": "bytes", "rate": "bytes/s", "time": "ns"}
+# The largest quantity in a base unit (16 EiB, 292 years): past it a number is a typo, and
+# would overflow the float or int64 that the model keeps it in.
+MAX_QUANTITY = 2**63
 
 
 def _split(text: str, what: str) -> tuple[Fraction, str]:
@@ -103,8 +107,9 @@ def _quantity(
     """Return *value* in the base unit (bytes, bytes/s, ns) as an exact fraction.
 
     Raise `ValueError`, naming the text, if it is not a non-negative finite
-    number with one of *units* (*canon* are the ones to suggest; *bare* is the
-    scale of a unitless number, None when a unit is required).
+    number of at most `MAX_QUANTITY` base units with one of *units* (*canon*
+    are the ones to suggest; *bare* is the scale of a unitless number, None
+    when a unit is required).
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"{what} {value!r}: expected a number or a string like {_EXAMPLE[what]}")
@@ -119,10 +124,16 @@ def _quantity(
     if unit == "":
         if bare is None and number != 0:
             raise ValueError(f"{what} {value!r}: needs a unit ({', '.join(canon)})")
-        return number * (bare or 1)
+        return _bounded(number * (bare or 1), value, what)
     if unit not in units:
         raise ValueError(f"{what} {value!r}: unknown unit {unit!r} (use {', '.join(canon)})")
-    return number * units[unit]
+    return _bounded(number * units[unit], value, what)
+
+
+def _bounded(amount: Fraction, value: object, what: str) -> Fraction:
+    if amount > MAX_QUANTITY:
+        raise ValueError(f"{what} {value!r}: too large (more than 2^63 {_BASE[what]})")
+    return amount
 
 
 def _whole(amount: Fraction, value: object, what: str, base: str) -> int:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from vmmodel import CostTable, GuestSpec, MmuSpec, Vm, WorkloadSpec
+
+# Hypothesis caches the constants it finds in our sources under ./.hypothesis, whatever the
+# settings' database; keep its storage out of the checkout (read once, at first use).
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
+                      str(Path(tempfile.gettempdir()) / "precopy-hypothesis"))
 
 # Shadow shape kept small: few processes, few mappings, so a guest builds in milliseconds.
 SMALL_SHADOW = {"address_spaces": 4, "mapped_pages": 1024, "shared": 0.25}

@@ -1,14 +1,19 @@
 """Scenario loading: defaults, merging, --set, validation messages, round trips."""
 
 import dataclasses
+import re
 import tomllib
 
 import pytest
 
 from migrate.config import (
+    CLOCKS,
+    COMPRESSIONS,
     CONFIGS_DIR,
+    COST_CEILINGS_NS,
     DEFAULT_CONFIG,
     KNOWN_STRATEGIES,
+    NO_CONVERGENCE_POLICIES,
     ConfigError,
     LinkParams,
     MigrationParams,
@@ -17,7 +22,19 @@ from migrate.config import (
     load_scenario,
     scenario_from_dict,
 )
-from vmmodel.costs import CostTable
+from migrate.config import scenario as scenario_module
+from migrate.config.host import available_memory_bytes, model_memory_bytes
+from migrate.config.schema import Choice, Flag, Rate, Time, keys_of
+from migrate.config.specs import (
+    GUEST_SCHEMA,
+    MMU_SCHEMA,
+    PARTS_KEY,
+    PHASES_KEY,
+    WORKLOAD_SCHEMA,
+    spec_fields_without_key,
+)
+from tests.procs import SMALL, precopy
+from vmmodel import MMU_SHAPES, STRATEGIES, WORKLOAD_KINDS, CostTable
 
 MiB, GiB = 1024**2, 1024**3
 
@@ -61,14 +78,26 @@ def test_code_defaults_match_default_toml():
     assert set(tomllib.loads(DEFAULT_CONFIG.read_text())) == set(s.to_dict())
 
 
+def _choices_in_comment(key: str) -> list[str]:
+    """Return the choices that configs/default.toml's comment lists for *key* ("a | b")."""
+    for line in DEFAULT_CONFIG.read_text().splitlines():
+        if line.split("=")[0].strip() == key and "#" in line:
+            comment = line.split("#", 1)[1]
+            return [word.split()[0].strip('"') for word in comment.split("|")]
+    raise AssertionError(f"no {key} = line with a comment in {DEFAULT_CONFIG}")
+
+
 def test_strategies_in_default_comment_are_known():
-    assert set(KNOWN_STRATEGIES) == {
-        "walk",
-        "rmap",
-        "heuristic",
-        "rmap-noflush",
-        "protect-before-take",
-    }
+    assert KNOWN_STRATEGIES == tuple(STRATEGIES)
+    assert _choices_in_comment("strategy") == list(KNOWN_STRATEGIES)
+
+
+@pytest.mark.parametrize(("key", "choices"), [
+    ("kind", WORKLOAD_KINDS), ("shape", MMU_SHAPES), ("clock", CLOCKS),
+    ("on-no-convergence", NO_CONVERGENCE_POLICIES), ("compression", COMPRESSIONS),
+])
+def test_choices_in_default_comments_are_the_accepted_ones(key, choices):
+    assert _choices_in_comment(key) == list(choices)
 
 
 # --- overrides ----------------------------------------------------------------
@@ -213,7 +242,7 @@ BAD_VALUES = [
     ("guest.vga=1", "guest.vga", "1"),
     ("guest.vga-memory=5000", "guest.vga-memory", "5000"),
     ("guest.slice=5", "guest.slice", "5"),
-    ("guest.slice=0s", "guest.slice", "'0s'"),
+    ("guest.slice=0s", "guest.slice", "0s"),
     ("guest.workload=idle", "guest.workload", "'idle'"),
     ("guest.workload.kind=busy", "guest.workload.kind", "'busy'"),
     ("guest.workload.kind=vga", "guest.workload.kind", "'vga'"),
@@ -318,8 +347,9 @@ def test_user_file_errors(tmp_path):
         load_scenario(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[guest\n")
-    with pytest.raises(ConfigError, match=r"^config: config: .*bad\.toml: "):
+    with pytest.raises(ConfigError, match=r"^config: [^:]*bad\.toml: ") as err:
         load_scenario(bad)
+    assert "config: config:" not in str(err.value)  # one prefix, not two
     typo = tmp_path / "typo.toml"
     typo.write_text("[guest]\nmemroy = '1GiB'\n")
     with pytest.raises(ConfigError, match=r"unknown key 'guest\.memroy'"):
@@ -407,17 +437,64 @@ def test_round_trip(overrides):
     data = s.to_dict()
     assert scenario_from_dict(data) == s
     assert Scenario.from_dict(data) == s
-    assert s.with_overrides([]) == s
     # the resolved dict is plain TOML data: every key it writes is one we read
     assert scenario_from_dict(tomllib.loads(_to_toml(data))) == s
 
 
-def test_round_trip_every_dataclass():
-    s = load_scenario(None, ROUND_TRIPS[6])
-    assert MigrationParams.from_dict(s.migration.to_dict()) == s.migration
-    assert LinkParams.from_dict(s.link.to_dict()) == s.link
-    assert MigrationParams.from_dict({}) == MigrationParams()
-    assert LinkParams.from_dict({}) == LinkParams()
+def _not_default(kind, default):
+    """Return an in-bounds value of *kind* other than *default*."""
+    if isinstance(kind, Choice):
+        return next(c for c in kind.choices if c != default)
+    if isinstance(kind, Flag):
+        return not default
+    if isinstance(kind, Rate):
+        return default * 2
+    if isinstance(kind, Time):
+        return default + 1_000_000 if kind.high is None or default < kind.high else default - 1
+    return default + 1 if default < kind.high else default - 1  # Integer
+
+
+@pytest.mark.parametrize("cls", [MigrationParams, LinkParams])
+def test_round_trip_every_dataclass(cls):
+    defaults = cls()
+    changed = cls(**{f: _not_default(k.kind, getattr(defaults, f)) for f, k in keys_of(cls)})
+    assert all(getattr(changed, f) != getattr(defaults, f) for f, _ in keys_of(cls))
+    assert cls.from_dict(changed.to_dict()) == changed
+    assert cls.from_dict({}) == defaults
+    assert [f.name for f in dataclasses.fields(cls)] == [f for f, _ in keys_of(cls)]
+
+
+def test_every_spec_field_has_one_key():
+    assert spec_fields_without_key() == {"WorkloadSpec": set(), "GuestSpec": set(),
+                                         "MmuSpec": set()}
+
+
+def _readme_tables() -> dict[str, dict[str, str]]:
+    """Return the README's Configuration key tables: `[table]` -> key -> meaning."""
+    text = (CONFIGS_DIR.parent / "README.md").read_text()
+    text = text[text.index("## Configuration"):text.index("### `--set`")]
+    tables: dict[str, dict[str, str]] = {}
+    current = ""
+    for line in text.splitlines():
+        head = re.match(r"^`(\[[a-z.]+\])`", line)
+        if head:
+            current = head[1]
+        row = re.match(r"^\| `([a-z-]+)` \| .*? \| (.*) \|$", line)
+        if row and current:
+            tables.setdefault(current, {})[row[1]] = row[2]
+    return tables
+
+
+def test_readme_key_tables_are_the_schema():
+    schema = {
+        "[guest]": {s.key.name: s.key.doc for s in GUEST_SCHEMA if s.key.name != "workload"},
+        "[guest.workload]": {s.key.name: s.key.doc
+                             for s in (*WORKLOAD_SCHEMA, PHASES_KEY, PARTS_KEY)},
+        "[mmu]": {s.key.name: s.key.doc for s in MMU_SCHEMA},
+        "[migration]": {k.name: k.doc for _, k in keys_of(MigrationParams)},
+        "[link]": {k.name: k.doc for _, k in keys_of(LinkParams)},
+    }
+    assert _readme_tables() == schema
 
 
 def test_to_dict_uses_toml_spelling():
@@ -430,14 +507,13 @@ def test_to_dict_uses_toml_spelling():
     assert data["mmu"]["costs"]["name"] == "kvm-x86"
 
 
-def test_with_overrides():
-    base = load_scenario(None, ["guest.workload.working-set=100%"])
-    s = base.with_overrides(["guest.memory=2GiB", "mmu.strategy=walk"])
-    assert s.guest.memory_pages == 2 * base.guest.memory_pages
-    assert s.guest.workload.working_set_pages == s.guest.memory_pages  # "100%" follows memory
-    assert s.mmu.strategy == "walk"
-    assert base.mmu.strategy == "heuristic"
-    assert dataclasses.replace(s, mmu=base.mmu, guest=base.guest) == base
+def test_set_over_a_file_keeps_a_share_a_share(tmp_path):
+    """--set applies to what the user wrote, not to the resolved scenario: "50%" stays 50%."""
+    path = tmp_path / "half.toml"
+    path.write_text('[guest]\nmemory = "64MiB"\n[guest.workload]\nworking-set = "50%"\n')
+    s = load_scenario(path, ["guest.memory=128MiB"])
+    assert s.guest.workload.working_set_pages == s.guest.memory_pages // 2
+    assert load_scenario(path).guest.workload.working_set_pages == s.guest.memory_pages // 4
 
 
 def _to_toml(data: dict, prefix: str = "") -> str:
@@ -482,3 +558,154 @@ def _to_toml(data: dict, prefix: str = "") -> str:
 def test_bounds_that_keep_a_run_finite(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_scenario(None, [override])
+
+
+def test_a_phase_without_duration_says_it_is_missing():
+    with pytest.raises(ConfigError) as err:
+        load_scenario(None, ["guest.workload.kind=phases", "guest.workload.phases=[{kind='idle'}]"])
+    assert str(err.value) == ("config: guest.workload.phases[0].duration: missing "
+                              "(each phase needs a positive duration)")
+
+
+# --- inputs that used to hang, crash or exhaust memory (issue 10) --------------
+
+
+def _one_line_error(*args: str):
+    """Run precopy with *args*; return its stderr, asserting exit 2 and one line."""
+    proc = precopy(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(COST_CEILINGS_NS))
+@pytest.mark.parametrize("value", ["inf", "nan", "1e13", "above"])
+def test_every_cost_constant_is_finite_and_under_its_ceiling(name, value):
+    text = repr(COST_CEILINGS_NS[name] * 1.5) if value == "above" else value
+    with pytest.raises(ConfigError) as err:
+        load_scenario(None, [f"mmu.costs={{{name}={text}}}"])
+    message = str(err.value)
+    assert message.startswith("config: mmu.costs: ") and name in message, message
+    assert f"{COST_CEILINGS_NS[name]:,.0f}" in message  # the ceiling, as the README gives it
+    at_ceiling = load_scenario(None, [f"mmu.costs={{{name}={COST_CEILINGS_NS[name]!r}}}"])
+    assert getattr(at_ceiling.costs, name) == COST_CEILINGS_NS[name]
+
+
+def test_every_cost_constant_has_a_ceiling_and_shipped_tables_keep_to_them():
+    assert set(COST_CEILINGS_NS) == {f.name for f in dataclasses.fields(CostTable)} - {"name"}
+    for path in sorted((CONFIGS_DIR / "costs").glob("*.toml")):
+        load_scenario(None, [f"mmu.costs={path}"])  # raises if a shipped constant is out
+
+
+def test_cost_file_with_inf_names_the_file(tmp_path):
+    path = tmp_path / "inf.toml"
+    path.write_text("tlb_flush_ns = inf\n")
+    with pytest.raises(ConfigError, match=r"^config: mmu\.costs: .*inf\.toml: tlb_flush_ns = inf"):
+        load_scenario(None, [f"mmu.costs={path}"])
+
+
+def test_infinite_cost_is_a_usage_error_not_a_hang():
+    stderr = _one_line_error("run", str(SMALL), "--set", "mmu.costs={tlb_flush_ns=inf}")
+    assert "mmu.costs" in stderr and "tlb_flush_ns = inf" in stderr
+
+
+VGA = ["guest.vga=true", "guest.workload.kind=vga"]
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    ([*VGA, "guest.workload.fps=1e9"], "guest.workload.fps"),
+    ([*VGA, "guest.workload.fps=1e300"], "guest.workload.fps"),
+    ([*VGA, "guest.workload.fps=inf"], "guest.workload.fps"),
+    # each bound alone is fine, but a 4 GiB framebuffer repainted 1000 times a second is not
+    ([*VGA, "guest.vga-memory=4GiB", "guest.workload.fps=1000", "guest.workload.region=1"],
+     "guest.workload.fps"),
+    (["guest.workload.kind=zipf", "guest.workload.exponent=1e308"], "guest.workload.exponent"),
+    (["guest.workload.exponent=-1"], "guest.workload.exponent"),
+    (["guest.workload.rate=1e400"], "guest.workload.rate"),
+    (["guest.workload.rate=inf"], "guest.workload.rate"),
+    (["guest.workload.hot-writes=nan"], "guest.workload.hot-writes"),
+    (["guest.workload.region=inf"], "guest.workload.region"),
+    (["guest.slice=1e30s"], "guest.slice"),
+    (["mmu.shared=nan"], "mmu.shared"),
+    (["guest.workload.kind=mix", "guest.vga=true",
+      "guest.workload.parts=[{kind='vga', fps=1e9}]"], r"guest.workload.parts[0].fps"),
+])
+def test_rate_like_keys_are_bounded_at_load_time(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_scenario(None, overrides)
+    assert str(err.value).startswith(f"config: {key}: "), str(err.value)
+
+
+def test_vga_at_a_billion_fps_is_a_usage_error_not_a_hang():
+    stderr = _one_line_error("run", str(SMALL), *(f"--set={o}" for o in VGA),
+                             "--set", "guest.workload.fps=1e9")
+    assert "guest.workload.fps" in stderr
+
+
+def test_config_with_a_bom_is_read_as_without(tmp_path):
+    plain = SMALL.read_bytes()
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain)
+    assert load_scenario(bom) == load_scenario(SMALL)
+
+
+def test_config_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("# caf\u00e9\nseed = 3\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"^config: .*latin1\.toml: not UTF-8 text"):
+        load_scenario(path)
+    stderr = _one_line_error("run", str(path))
+    assert "latin1.toml" in stderr and "UTF-8" in stderr
+    costs = tmp_path / "costs-latin1.toml"
+    costs.write_bytes(b"# \xff\nspte_visit_ns = 1\n")
+    with pytest.raises(ConfigError, match=r"^config: mmu\.costs: .*costs-latin1\.toml: not UTF-8"):
+        load_scenario(None, [f"mmu.costs={costs}"])
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("mmu.tlb-entries=1000000000000", "mmu.tlb-entries"),
+    ("mmu.max-mmu-pages=1000000000000", "mmu.max-mmu-pages"),
+    ("guest.vcpus=100000", "guest.vcpus"),
+])
+def test_sizes_the_model_allocates_are_bounded(override, key):
+    with pytest.raises(ConfigError, match=f"^config: {re.escape(key)}: "):
+        load_scenario(None, [override])
+
+
+def test_a_guest_the_host_cannot_hold_names_guest_memory(monkeypatch):
+    fits = load_scenario(None)
+    need = model_memory_bytes(fits.guest, fits.mmu)
+    monkeypatch.setattr(scenario_module, "available_memory_bytes", lambda: need)
+    assert load_scenario(None) == fits  # exactly enough is enough
+    with pytest.raises(ConfigError) as err:
+        load_scenario(None, ["guest.memory=2GiB"])
+    message = str(err.value)
+    assert message.startswith("config: guest.memory: 2GiB needs about "), message
+    assert "available" in message
+    # a report from a bigger host still reads back: only loading a run to start checks
+    assert scenario_from_dict(load_scenario(None, ["guest.memory=4MiB"]).to_dict())
+
+
+def test_memory_need_counts_written_pages_and_per_page_state():
+    small = load_scenario(None, ["guest.memory=64MiB"])
+    big = load_scenario(None, ["guest.memory=128MiB"])
+    assert model_memory_bytes(big.guest, big.mmu) == 2 * model_memory_bytes(small.guest,
+                                                                             small.mmu)
+    idle_half = load_scenario(None, ["guest.memory=128MiB", "guest.workload.working-set=50%"])
+    assert model_memory_bytes(idle_half.guest, idle_half.mmu) < model_memory_bytes(big.guest,
+                                                                                   big.mmu)
+    assert available_memory_bytes() > 0  # this host's /proc/meminfo reads
+
+
+def test_shadow_mapped_memory_larger_than_the_guest_is_refused():
+    with pytest.raises(ConfigError, match=r"^config: mmu\.mapped-memory: '2GiB' is more than "
+                                          r"guest\.memory \(1GiB\)"):
+        load_scenario(None, ["mmu.shape=shadow", "mmu.mapped-memory=2GiB"])
+    # tdp never reads it: the default does not bind a guest smaller than 64 MiB
+    assert load_scenario(None, ["guest.memory=32MiB"]).guest.memory_pages == 32 * MiB // 4096
+
+
+def test_shadow_only_keys_are_marked_in_the_readme():
+    mmu = _readme_tables()["[mmu]"]
+    for key_name in ("max-mmu-pages", "address-spaces", "mapped-memory", "shared"):
+        assert mmu[key_name].startswith("`shadow`: "), key_name

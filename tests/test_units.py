@@ -1,9 +1,13 @@
 """Units: what users write parses exactly, errors name the text, formats parse back."""
 
+import re
+import subprocess
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from migrate.units import (
@@ -17,6 +21,8 @@ from migrate.units import (
 )
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
+# Same inputs every run, and no example database written into the checkout.
+HYP = settings(max_examples=200, deadline=None, derandomize=True, database=None)
 
 
 @pytest.mark.parametrize(
@@ -238,21 +244,25 @@ def test_format_for_display_rounds():
     assert format_ns(0, exact=False) == "0ns"
 
 
+@HYP
 @given(st.integers(min_value=0, max_value=2**62))
 def test_format_bytes_round_trips(n):
     assert parse_size(format_bytes(n)) == n
 
 
+@HYP
 @given(st.floats(min_value=0, max_value=1e15, allow_nan=False, allow_infinity=False))
 def test_format_rate_round_trips(bps):
     assert parse_rate(format_rate(bps)) == bps
 
 
+@HYP
 @given(st.integers(min_value=0, max_value=10**15))
 def test_format_ns_round_trips(ns):
     assert parse_time_ns(format_ns(ns)) == ns
 
 
+@HYP
 @given(st.fractions(min_value=0, max_value=100, max_denominator=1000))
 def test_parsing_is_exact(value):
     """Decimal spellings are read exactly: no float rounding on the way."""
@@ -261,3 +271,34 @@ def test_parsing_is_exact(value):
     ns = Fraction(text) * 10**9
     if ns.denominator == 1:
         assert parse_time_ns(f"{text}s") == ns
+
+
+def test_property_tests_write_nothing_into_the_checkout(tmp_path):
+    """Run this file's property tests from an empty directory: nothing may appear in it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "-k", "test_format_ns_round_trips", str(Path(__file__))],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_property_test_here_is_seeded_and_keeps_no_database():
+    tests = [f for name, f in globals().items()
+             if name.startswith("test_") and getattr(f, "is_hypothesis_test", False)]
+    assert len(tests) == 4
+    for test in tests:
+        chosen = test._hypothesis_internal_use_settings
+        assert chosen.derandomize and chosen.database is None, test.__name__
+
+
+@pytest.mark.parametrize(("parse", "text", "base"), [
+    (parse_size, "1e400B", "bytes"),
+    (parse_size, 1e300, "bytes"),
+    (parse_rate, "1e400B/s", "bytes/s"),
+    (parse_time_ns, "1e20s", "ns"),
+])
+def test_quantities_past_2_63_base_units_are_too_large(parse, text, base):
+    with pytest.raises(ValueError, match=re.escape(f"{text!r}: too large (more than 2^63 {base})")):
+        parse(text)
+    assert parse_time_ns("300000min") == 300_000 * 60 * 10**9  # 208 days is not too large

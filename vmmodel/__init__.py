@@ -14,6 +14,9 @@ from vmmodel.content import text_pages
 from vmmodel.costs import CostTable
 from vmmodel.harvest import BROKEN_STRATEGIES, CORRECT_STRATEGIES, STRATEGIES, HarvestResult
 from vmmodel.spec import (
+    MAX_GUEST_PAGES,
+    MAX_WRITE_RATE,
+    MIN_SLICE_NS,
     MMU_SHAPES,
     NS_PER_S,
     PAGE_SIZE,
@@ -26,7 +29,8 @@ from vmmodel.spec import (
 from vmmodel.vm import GuestStats, Vm
 
 __all__ = [
-    "BROKEN_STRATEGIES", "CORRECT_STRATEGIES", "MMU_SHAPES", "NS_PER_S", "PAGE_SIZE",
-    "STRATEGIES", "WORKLOAD_KINDS", "CostTable", "DirtyLogAudit", "GuestSpec", "GuestStats",
-    "HarvestResult", "MmuSpec", "SpecError", "Vm", "WorkloadSpec", "text_pages",
+    "BROKEN_STRATEGIES", "CORRECT_STRATEGIES", "MAX_GUEST_PAGES", "MAX_WRITE_RATE",
+    "MIN_SLICE_NS", "MMU_SHAPES", "NS_PER_S", "PAGE_SIZE", "STRATEGIES", "WORKLOAD_KINDS",
+    "CostTable", "DirtyLogAudit", "GuestSpec", "GuestStats", "HarvestResult", "MmuSpec",
+    "SpecError", "Vm", "WorkloadSpec", "text_pages",
 ]
