@@ -240,7 +240,7 @@ def hello_frame(npages: int, **extra: Any) -> bytes:
 
 def pages_frame(pass_no: int, memory: np.ndarray, gfns: Any, *, compress: bool = False) -> bytes:
     gfns = np.asarray(gfns, dtype=np.int64)
-    return wire.frame_bytes(wire.encode_pages(pass_no, gfns, memory[gfns], compress=compress).parts)
+    return b"".join(wire.encode_gathered(pass_no, memory, gfns, compress=compress).parts)
 
 
 def end_frame(pass_no: int, pages: int) -> bytes:

@@ -85,11 +85,6 @@ class DestinationClient:
             raise DestinationError(f"HELLO answer has no valid id: {answer!r}")
         return migration_id
 
-    async def send_pass(
-        self, migration_id: str, pass_no: int, frames: AsyncIterator[bytes | memoryview]
-    ) -> dict[str, Any]:
-        return await self._request("POST", f"/migrations/{migration_id}/pass/{pass_no}", frames)
-
     async def complete(
         self, migration_id: str, pass_no: int, device_state: bytes, digests: np.ndarray,
         info: dict[str, Any],
