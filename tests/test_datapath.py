@@ -162,6 +162,16 @@ def test_any_arrival_order_leaves_the_latest_pass():
         assert (incoming.memory == expected).all(), order
 
 
+def test_on_finish_hears_each_migration_once_whoever_ends_it():
+    outcomes: list[bool] = []
+    receiver = Receiver(max_memory_pages=64, on_finish=outcomes.append)
+    incoming = receiver.hello(hello(64))
+    assert receiver.finish(incoming, ok=False, why="a refusal") is True
+    assert receiver.finish(incoming, ok=False, why="the watchdog, too late") is False
+    receiver.finish(receiver.hello(hello(64)), ok=True, why="resumed")
+    assert outcomes == [False, True]
+
+
 def test_a_pass_ends_when_all_its_channels_have():
     receiver, incoming = _receiver()
     receiver.end_pass(incoming, 1, channel=2, channels=3)

@@ -46,7 +46,6 @@ log = logging.getLogger("precopy.dest")
 
 RECEIVER = web.AppKey("receiver", Receiver)
 TOKEN = web.AppKey("token", str)
-ON_FINISH = web.AppKey("on_finish", object)
 MAX_BATCH_BODY = 64 << 20  # a 4096-page batch is 16 MiB; anything past this is an attack
 HELLO_MAX_BODY = 1 << 20
 IDLE_TIMEOUT_S = 60.0  # a source silent this long is gone: its migration is discarded
@@ -98,16 +97,7 @@ def _current_named(request: web.Request) -> Incoming | None:
 def _discard(request: web.Request, why: str) -> bool:
     """Discard the migration in progress if the request names it; return whether it did."""
     current = _current_named(request)
-    if current is None or not request.app[RECEIVER].finish(current, ok=False, why=why):
-        return False
-    _notify(request.app, ok=False)
-    return True
-
-
-def _notify(app: web.Application, *, ok: bool) -> None:
-    callback = app.get(ON_FINISH)
-    if callback is not None:
-        callback(ok)
+    return current is not None and request.app[RECEIVER].finish(current, ok=False, why=why)
 
 
 @web.middleware
@@ -149,7 +139,7 @@ async def _run_watchdog(app: web.Application) -> AsyncIterator[None]:
     async def tick() -> None:
         while True:
             await asyncio.sleep(min(1.0, watchdog.idle_s / 4))
-            watchdog.check(app[RECEIVER], lambda: _notify(app, ok=False))
+            watchdog.check(app[RECEIVER])
 
     task = asyncio.create_task(tick())
     yield
@@ -236,7 +226,6 @@ async def post_complete(request: web.Request) -> web.Response:
     else:
         why = "resumed" if verified else f"{result['lost-count']} pages differ from the source"
     receiver.finish(incoming, ok=verified, why=why)
-    _notify(request.app, ok=verified)
     return web.json_response(result)
 
 
@@ -244,7 +233,6 @@ async def delete_migration(request: web.Request) -> web.Response:
     receiver = request.app[RECEIVER]
     incoming = receiver.get(request.match_info["id"])
     receiver.finish(incoming, ok=False, why="cancelled by the source")
-    _notify(request.app, ok=False)
     return web.json_response({"status": "cancelled", "id": incoming.id})
 
 
@@ -265,13 +253,11 @@ def make_app(
         middlewares=[token_middleware, errors_middleware, watch_middleware],
         client_max_size=HELLO_MAX_BODY,
     )
-    app[RECEIVER] = Receiver(max_memory_pages=max_memory_pages)
+    app[RECEIVER] = Receiver(max_memory_pages=max_memory_pages, on_finish=on_finish)
     app[WATCHDOG] = Watchdog(idle_timeout_s)
     app.cleanup_ctx.append(_run_watchdog)
     if token:
         app[TOKEN] = token
-    if on_finish is not None:
-        app[ON_FINISH] = on_finish
     app.router.add_post("/migrations", post_hello)
     app.router.add_post("/migrations/{id}/pass/{n}", post_pass)
     app.router.add_post("/migrations/{id}/complete", post_complete)
