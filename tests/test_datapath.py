@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 
 import aiohttp
 import numpy as np
@@ -309,6 +310,45 @@ async def test_a_refusal_on_a_channel_names_the_error_and_discards(dest):
         assert err.value.code == "gfn-out-of-range" and err.value.status == 400
         channel.close()
     assert app[RECEIVER].current is None  # discarded: nothing can resume
+
+
+async def test_a_bug_is_answered_and_logged_alike_on_both_paths(dest, monkeypatch, caplog):
+    """A chunked pass and an upgraded channel go through the one `refusal`: same answer, same
+    lines (the traceback, then the discard), on the same logger."""
+    app, url = dest
+
+    def bug(self, incoming, batch):
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(Receiver, "apply", bug)
+    caplog.set_level(logging.INFO, logger="precopy")
+    mem = make_memory(npages=8)
+    pages = oracle.join(wire.encode_gathered(1, mem, np.arange(8)).parts)
+    end = wire.encode_control(wire.MsgType.END_OF_PASS, 1, {"pages": 8})
+    seen = []
+    async with (
+        DestinationClient(url, token="s3cret", timeout_s=10) as client,
+        aiohttp.ClientSession(headers={"Authorization": "Bearer s3cret"}) as http,
+    ):
+        for via in ("chunked", "upgraded"):
+            path = f"/migrations/{await client.hello(hello(8))}/pass/1"
+            caplog.clear()
+            if via == "chunked":
+                async with http.post(url + path, data=pages + end) as resp:
+                    answer = (resp.status, (await resp.json())["error"])
+            else:
+                channel = await PageChannel.open(url, path, token="s3cret", timeout_s=10)
+                await channel.send([pages])
+                with pytest.raises(DestinationError) as err:
+                    await channel.finish(end)
+                channel.close()
+                answer = (err.value.status, err.value.code)
+            lines = [(r.name, r.levelname, r.exc_info is not None) for r in caplog.records]
+            seen.append((answer, lines))
+            assert app[RECEIVER].current is None
+    assert seen[0] == seen[1]
+    assert seen[0] == ((500, "internal-error"), [("precopy.dest", "ERROR", True),
+                                                 ("precopy.dest", "WARNING", False)])
 
 
 async def test_end_of_pass_must_count_the_pages(dest):
