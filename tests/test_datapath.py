@@ -28,6 +28,7 @@ from migrate.source.channel import PageChannel
 from migrate.source.client import DestinationClient, DestinationError
 from migrate.source.clock import VirtualClock
 from migrate.source.engine import Source
+from migrate.source.link import Link
 from tests import wire_oracle as oracle
 from tests.procs import SMALL, Destination, load_json, precopy
 
@@ -230,7 +231,7 @@ async def _send_and_verify(url: str, mem: np.ndarray, *, channels: int, compress
         migration_id = await client.hello(hello(mem.shape[0]))
         for pass_no in range(1, passes + 1):
             traffic.append(await datapath.send_pass(
-                client, migration_id, pass_no, gfns, memory=mem, clock=VirtualClock(1e9),
+                client, migration_id, pass_no, gfns, memory=mem, link=Link(VirtualClock(), 1e9),
                 batch_pages=16, channels=channels, compress=compress,
             ))
             gfns = np.arange(pass_no - 1, mem.shape[0], 5)  # the guest dirties a few pages...
@@ -533,11 +534,12 @@ async def test_wall_clock_channels_share_the_rate_limit():
     """Four channels sending at once are held to the link's rate together, not each."""
     from migrate.source.clock import RATE_LIMIT_WINDOW_NS, WallClock
 
-    clock = WallClock(20e6)  # 20 MB/s: a 2 MB window
+    clock = WallClock()
+    link = Link(clock, 20e6)  # 20 MB/s: a 2 MB window
 
     async def channel() -> None:
         for _ in range(10):
-            await clock.transfer(200_000)
+            await link.transfer(200_000)
 
     started = clock.now_ns
     await asyncio.gather(*(channel() for _ in range(4)))  # 8 MB: 0.4 s at 20 MB/s
