@@ -47,7 +47,6 @@ from migrate.errors import (
     UnexpectedMessage,
 )
 
-ANSWER_MAX_BODY = 1 << 16
 
 def max_stream_bytes(npages: int, max_body: int) -> int:
     """A pass stream carries each guest page at most once: its pages, their metadata, slack."""
