@@ -204,6 +204,23 @@ async def test_bad_page_stream(peer, name, via):
     await peer.assert_discarded(migration_id, failed)
 
 
+async def test_requests_that_follow_a_discard_log_nothing_more(peer):
+    """One line per discard: the source's cancel and its late channels follow from it."""
+    failed = peer.dest.status()["failed"]
+    migration_id = await peer.hello()
+    body, status, code = STREAMS["bad-page-kind"]
+    got, error, lines = await peer.send(f"/migrations/{migration_id}/pass/1", body)
+    assert (got, error) == (status, code)
+    _one_line(lines, code)
+    before = len(peer.dest.lines)
+    async with peer.http.delete(f"{peer.dest.url}/migrations/{migration_id}") as resp:
+        assert (resp.status, (await resp.json())["error"]) == (404, "unknown-migration")
+    got, error = await send_upgraded(peer.dest.url, f"/migrations/{migration_id}/pass/1", ONE)
+    assert (got, error) == (404, "unknown-migration")
+    assert await peer.log_since(before) == []
+    await peer.assert_discarded(migration_id, failed)
+
+
 @pytest.mark.parametrize("path,code", [("/pass/0", "pass-out-of-order"),
                                        ("/pass/x1", "unexpected-message"),
                                        ("/pass/%C2%B2", "unexpected-message"),

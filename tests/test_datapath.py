@@ -22,7 +22,7 @@ from migrate.config import ConfigError, MigrationParams, load_scenario
 from migrate.dest.receiver import Receiver
 from migrate.dest.server import RECEIVER, make_app
 from migrate.digest import page_digests
-from migrate.errors import BadControlMessage, PassOutOfOrder, UnexpectedMessage
+from migrate.errors import BadControlMessage, PassOutOfOrder, UnexpectedMessage, UnknownMigration
 from migrate.source import datapath
 from migrate.source.channel import PageChannel
 from migrate.source.client import DestinationClient, DestinationError
@@ -172,6 +172,17 @@ def test_on_finish_hears_each_migration_once_whoever_ends_it():
     assert receiver.finish(incoming, ok=False, why="the watchdog, too late") is False
     receiver.finish(receiver.hello(hello(64)), ok=True, why="resumed")
     assert outcomes == [False, True]
+
+
+def test_nothing_is_stored_once_the_migration_is_discarded():
+    """A late channel of a migration another channel got discarded: refused, not stored."""
+    receiver, incoming = _receiver()
+    receiver.finish(incoming, ok=False, why="another channel was refused")
+    batch = decode(oracle.encode_pages(1, np.array([3]), np.full((1, PAGE), 9, np.uint8)), 64)
+    with pytest.raises(UnknownMigration, match="discarded"):
+        receiver.apply(incoming, batch)
+    assert not incoming.memory.any() and incoming.pages_received == 0
+    assert receiver.was_discarded(incoming.id)
 
 
 def test_a_pass_ends_when_all_its_channels_have():

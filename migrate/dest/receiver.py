@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from migrate.errors import (
 
 log = logging.getLogger("precopy.dest")
 LOST_GFNS_LISTED = 10_000  # a wholly broken run of a big guest would otherwise answer in GBs
+DISCARDS_REMEMBERED = 16  # ids whose late requests (a cancel, other channels) are expected
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Receiver:
         self.current: Incoming | None = None
         self.completed = 0
         self.failed = 0
+        self._discarded: deque[str] = deque(maxlen=DISCARDS_REMEMBERED)
 
     def hello(self, info: dict[str, Any]) -> Incoming:
         """Start receiving a guest. Raise `MigrationBusy` if one is in progress,
@@ -107,12 +110,19 @@ class Receiver:
             raise UnknownMigration(f"no migration {migration_id!r} in progress")
         return self.current
 
+    def was_discarded(self, migration_id: str | None) -> bool:
+        """Whether *migration_id* is one of the last migrations discarded here."""
+        return migration_id in self._discarded
+
     def check_pass(self, incoming: Incoming, pass_no: int) -> None:
         """A stream may carry the current pass or a new one, never one already ended.
 
-        Raise `UnexpectedMessage` once COMPLETE has been received, `PassOutOfOrder`
-        for a pass already ended.
+        Raise `UnknownMigration` once the migration has been discarded (another
+        channel was refused: nothing more is stored), `UnexpectedMessage` once
+        COMPLETE has been received, `PassOutOfOrder` for a pass already ended.
         """
+        if incoming is not self.current:
+            raise UnknownMigration(f"migration {incoming.id} was discarded")
         if incoming.completing:
             raise UnexpectedMessage(f"pass {pass_no} after COMPLETE")
         if pass_no <= incoming.passes_ended:
@@ -214,6 +224,7 @@ class Receiver:
             log.info("migration %s: %s", incoming.id, why)
         else:
             self.failed += 1
+            self._discarded.append(incoming.id)
             log.warning("migration %s: discarded (%s)", incoming.id, why)
         if self.on_finish is not None:
             self.on_finish(ok)

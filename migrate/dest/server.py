@@ -113,9 +113,18 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 def _refuse(request: web.Request, why: str) -> None:
-    """One log line per refusal: the discard's, if the request named the migration in progress."""
+    """One log line per refusal: the discard's, if the request named the migration in progress.
+
+    None for a request that names a migration already discarded (the source's
+    cancel, its other channels closing): they follow from the discard, whose
+    line said why (debug level keeps them for `--debug`).
+    """
     why = f"{request.method} {request.path}: {why}"
-    if not _discard(request, why):
+    if _discard(request, why):
+        return
+    if request.app[RECEIVER].was_discarded(request.match_info.get("id")):
+        log.debug("%s (after its discard)", why)
+    else:
         log.warning("%s", why)
 
 
