@@ -23,7 +23,8 @@ import hashlib
 
 import numpy as np
 
-PAGE_SIZE = 4096
+from vmmodel import PAGE_SIZE
+
 _WORDS = PAGE_SIZE // 8
 _CHUNK_PAGES = 1024  # two (1024, 512) u64 temporaries: 8 MiB, fastest measured
 _SEED = 0x70726563_6F707921  # "precopy!"

@@ -56,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple, Protocol
@@ -79,11 +79,11 @@ from migrate.errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
+from vmmodel import PAGE_SIZE  # the model's page is the wire's: HELLO's page-size says which
 
 MAGIC = b"PCPY"
 UPGRADE = "precopy-pages/1"  # the Upgrade token of a raw page channel
 VERSION = 1
-PAGE_SIZE = 4096  # fixed by the wire format, whatever the model's page size constant says
 HEADER = struct.Struct("<4sBBHII")
 HEADER_SIZE = HEADER.size
 _U32 = struct.Struct("<I")
@@ -146,8 +146,8 @@ Buffer = bytes | bytearray | memoryview
 class PagesFrame:
     """An encoded PAGES frame, kept in parts so the caller writes them without joining.
 
-    ``parts`` owns its memory (never aliases the ``pages`` argument), so the
-    caller may refill its gather buffer as soon as ``encode_pages`` returns.
+    ``parts`` owns its memory (never aliases guest memory), so the guest may
+    write its pages as soon as ``encode_gathered`` returns.
     ``payload_raw_bytes`` is 4096 x ``n_normal``; ``payload_wire_bytes`` is what
     the payload section occupies on the wire (raw_size word included when lz4).
     """
@@ -187,8 +187,24 @@ def _type_name(msg_type: int) -> str:
         return f"type {msg_type}"
 
 
-def _pad8(n: int) -> int:
-    return (n + 7) & ~7
+class PagesLayout(NamedTuple):
+    """Where the fields of a PAGES body of ``count`` pages start, from the start of the body."""
+
+    gfns: int
+    kinds: int
+    padding: int
+    payload: int
+
+
+def pages_layout(count: int) -> PagesLayout:
+    """Return the offsets of a *count*-page PAGES body (the module table).
+
+    The one place they are computed: the encoder and the decoder both ask here.
+    """
+    gfns = _PAGES_PREFIX.size
+    kinds = gfns + 8 * count
+    padding = kinds + count
+    return PagesLayout(gfns, kinds, padding, (padding + 7) & ~7)
 
 
 def _check_pass(pass_no: int) -> None:
@@ -207,7 +223,7 @@ def _pack_header(msg_type: MsgType, flags: int, pass_no: int, length: int) -> by
 
 
 def _checked_gfns(memory: np.ndarray, gfns: np.ndarray) -> np.ndarray:
-    """Return *gfns* as an array after checking it and *memory* (see ``gather_pages``)."""
+    """Return *gfns* as an array after checking it and *memory* (see ``encode_gathered``)."""
     if memory.ndim != 2 or memory.shape[1] != PAGE_SIZE or memory.dtype != np.uint8:
         raise ValueError(f"memory must be (npages, {PAGE_SIZE}) uint8, got {memory.shape}")
     gfns = np.asarray(gfns)
@@ -221,98 +237,12 @@ def _checked_gfns(memory: np.ndarray, gfns: np.ndarray) -> np.ndarray:
     return gfns
 
 
-def gather_pages(memory: np.ndarray, gfns: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Copy the pages at *gfns* out of guest *memory* (npages, 4096) into one batch array.
+def run_start(gfns: np.ndarray) -> int | None:
+    """The first of non-empty *gfns* if they are consecutive and ascending, else None.
 
-    *out*, if given, is a reusable (>= n, 4096) uint8 buffer; its first n rows
-    are filled and returned. ``mode="clip"`` lets numpy write straight into
-    *out* (``"raise"`` would go through a temporary), so bounds are checked
-    here first. Raise ``IndexError`` if a gfn is outside *memory*, and
-    ``ValueError`` for arrays of the wrong shape or dtype.
+    A run is read or written as one slice (a memcpy) instead of a fancy-indexed gather:
+    a first pass is one run per batch.
     """
-    gfns = _checked_gfns(memory, gfns)
-    n = gfns.shape[0]
-    if out is None:
-        out = np.empty((n, PAGE_SIZE), dtype=np.uint8)
-    else:
-        if (
-            out.ndim != 2
-            or out.shape[0] < n
-            or out.shape[1] != PAGE_SIZE
-            or out.dtype != np.uint8
-            or not out.flags.c_contiguous
-        ):
-            raise ValueError(f"out must be C-contiguous (>= {n}, {PAGE_SIZE}) uint8")
-        out = out[:n]
-    np.take(memory, gfns, axis=0, out=out, mode="clip")
-    return out
-
-
-def encode_pages(
-    pass_no: int, gfns: np.ndarray, pages: np.ndarray, *, compress: bool = False
-) -> PagesFrame:
-    """Encode one batch: *pages[i]* (n, 4096) uint8 is the content of *gfns[i]*.
-
-    All-zero pages become ZERO kinds with no payload; the rest are copied once
-    (boolean selection) into the payload. With *compress*, the payload is one
-    lz4 block, kept only if it is smaller than the raw payload.
-    Raise ``ValueError`` for mismatched shapes, a wrong dtype, or a negative gfn.
-    """
-    gfns = np.asarray(gfns)
-    n = gfns.shape[0] if gfns.ndim == 1 else -1
-    if gfns.ndim != 1 or gfns.dtype.kind not in "iu":
-        raise ValueError(f"gfns must be a 1-D integer array, got {gfns.dtype} {gfns.shape}")
-    if pages.shape != (n, PAGE_SIZE) or pages.dtype != np.uint8:
-        raise ValueError(f"pages must be ({n}, {PAGE_SIZE}) uint8, got {pages.dtype} {pages.shape}")
-    if n > _U32_MAX:
-        raise ValueError(f"{n} pages do not fit in one batch")
-    if gfns.dtype.kind == "i" and n and int(gfns.min()) < 0:
-        raise ValueError(f"negative gfn {int(gfns.min())}")
-    pages = np.ascontiguousarray(pages)
-
-    zero = ~pages.view(np.uint64).any(axis=1)
-    n_zero = int(np.count_nonzero(zero))
-    n_normal = n - n_zero
-    normal = pages[~zero]  # the one copy: the frame owns its payload
-    raw_bytes = n_normal * PAGE_SIZE
-    payload: Buffer = memoryview(normal.reshape(-1))
-
-    flags = 0
-    prefix_len = 0
-    if compress and n_normal:
-        packed = lz4.block.compress(payload, store_size=False)
-        if _U32.size + len(packed) < raw_bytes:
-            flags, prefix_len, payload = FLAG_LZ4, _U32.size, packed
-
-    kinds_off = HEADER_SIZE + _PAGES_PREFIX.size + 8 * n
-    meta_len = HEADER_SIZE + _PAGES_PREFIX.size + 8 * n + _pad8(n) + prefix_len
-    wire_payload = prefix_len + len(payload)
-    body_len = meta_len - HEADER_SIZE + len(payload)
-
-    meta = bytearray(meta_len)
-    meta[:HEADER_SIZE] = _pack_header(MsgType.PAGES, flags, pass_no, body_len)
-    _PAGES_PREFIX.pack_into(meta, HEADER_SIZE, n, 0)
-    np.frombuffer(meta, _GFN_DTYPE, n, HEADER_SIZE + _PAGES_PREFIX.size)[:] = gfns
-    np.frombuffer(meta, np.uint8, n, kinds_off)[:] = zero  # True -> ZERO (1), False -> NORMAL (0)
-    if prefix_len:
-        _U32.pack_into(meta, meta_len - prefix_len, raw_bytes)
-
-    parts: list[Buffer] = [meta, payload] if len(payload) else [meta]
-    return PagesFrame(
-        parts=parts,
-        nbytes=HEADER_SIZE + body_len,
-        n_pages=n,
-        n_zero=n_zero,
-        n_normal=n_normal,
-        payload_raw_bytes=raw_bytes,
-        payload_wire_bytes=wire_payload,
-        compressed=bool(flags & FLAG_LZ4),
-    )
-
-
-def _run_start(gfns: np.ndarray) -> int | None:
-    """The first of non-empty *gfns* if they are consecutive and ascending (a slice reads
-    them), else None."""
     n = gfns.shape[0]
     first = int(gfns[0])
     if int(gfns[-1]) - first != n - 1 or (n > 2 and not (np.diff(gfns) == 1).all()):
@@ -348,19 +278,19 @@ def encode_gathered(
 ) -> PagesFrame:
     """Read the pages at *gfns* from guest *memory* and encode them as one PAGES frame.
 
-    The data path's encoder, equivalent to ``encode_pages(pass_no, gfns,
-    gather_pages(memory, gfns))`` but with one copy instead of three: zero pages
-    are found in place and never copied, the others are copied once, straight
-    from guest memory into the frame. The frame owns its bytes (the guest may
-    write its memory as soon as this returns) and is one buffer, unless lz4
-    shrank the payload: then it is the metadata and the lz4 block.
+    The data path's encoder, with one copy: zero pages are found in place and
+    never copied, the others are copied once, straight from guest memory into
+    the frame (``tests/wire_oracle.py`` is the plain encoder it is checked
+    against). The frame owns its bytes (the guest may write its memory as soon
+    as this returns) and is one buffer, unless lz4 shrank the payload: then it
+    is the metadata and the lz4 block.
     Raise ``IndexError`` for a gfn outside *memory*, ``ValueError`` for arrays
     of the wrong shape or dtype.
     """
     _check_pass(pass_no)
     gfns = np.asarray(gfns)
     n = gfns.shape[0] if gfns.ndim == 1 else 0
-    start = _run_start(gfns) if n and gfns.dtype.kind in "iu" else None
+    start = run_start(gfns) if n and gfns.dtype.kind in "iu" else None
     if start is None or start < 0 or start + n > memory.shape[0]:
         gfns = _checked_gfns(memory, gfns)  # the slow checks, and their messages
     if not memory.flags.c_contiguous or memory.shape[1:] != (PAGE_SIZE,):
@@ -372,18 +302,18 @@ def encode_gathered(
     n_normal = n - n_zero
     raw_bytes = n_normal * PAGE_SIZE
 
-    gfns_off = HEADER_SIZE + _PAGES_PREFIX.size
-    kinds_off = gfns_off + 8 * n
-    payload_off = gfns_off + 8 * n + _pad8(n)
+    layout = pages_layout(n)
+    gfns_off, kinds_off = HEADER_SIZE + layout.gfns, HEADER_SIZE + layout.kinds
+    pad_off, payload_off = HEADER_SIZE + layout.padding, HEADER_SIZE + layout.payload
     buf = np.empty(payload_off + raw_bytes, dtype=np.uint8)  # no zero fill: every byte is set
     _PAGES_PREFIX.pack_into(buf, HEADER_SIZE, n, 0)
     buf[gfns_off:kinds_off].view(_GFN_DTYPE)[:] = gfns
     buf[kinds_off : kinds_off + n] = zero  # True -> ZERO (1), False -> NORMAL (0)
-    buf[kinds_off + n : payload_off] = 0
+    buf[pad_off:payload_off] = 0
     if n_normal:
         payload = buf[payload_off:].reshape(n_normal, PAGE_SIZE)
         normal_gfns = gfns if not n_zero else gfns[~zero]
-        first = start if not n_zero else _run_start(normal_gfns)
+        first = start if not n_zero else run_start(normal_gfns)
         if first is not None:  # a memcpy
             payload[:] = memory[first : first + n_normal]
         else:
@@ -431,11 +361,6 @@ def encode_digests(pass_no: int, digests: np.ndarray) -> bytes:
     """Encode the source's per-page digests (u64 per page) as one PAGE_DIGESTS frame."""
     body = np.ascontiguousarray(digests, dtype=_GFN_DTYPE).tobytes()
     return _pack_header(MsgType.PAGE_DIGESTS, 0, pass_no, len(body)) + body
-
-
-def frame_bytes(parts: Iterable[Buffer]) -> bytes:
-    """Join a frame's parts into one bytes object (tests only: the data path writes parts)."""
-    return b"".join(parts)
 
 
 # -- decoding -------------------------------------------------------------------------------
@@ -489,17 +414,16 @@ def decode_pages(
         raise ReservedBitsSet(f"PAGES reserved word is {reserved:#x}")
     if count > max_count:
         raise MessageTooLarge(f"batch of {count} pages exceeds {max_count}")
-    kinds_off = _PAGES_PREFIX.size + 8 * count
-    payload_off = _PAGES_PREFIX.size + 8 * count + _pad8(count)
-    if size < payload_off:
+    layout = pages_layout(count)
+    if size < layout.payload:
         raise TruncatedMessage(
-            f"{count}-page batch needs {payload_off} bytes of metadata, got {size}"
+            f"{count}-page batch needs {layout.payload} bytes of metadata, got {size}"
         )
-    if any(body[kinds_off + count : payload_off]):
+    if any(body[layout.padding : layout.payload]):
         raise ReservedBitsSet("non-zero padding after the kinds array")
 
-    gfns = np.frombuffer(body, _GFN_DTYPE, count, _PAGES_PREFIX.size)
-    kinds = np.frombuffer(body, np.uint8, count, kinds_off)
+    gfns = np.frombuffer(body, _GFN_DTYPE, count, layout.gfns)
+    kinds = np.frombuffer(body, np.uint8, count, layout.kinds)
     _check_gfns(gfns, max_gfn)
     if count and int(kinds.max()) > PageKind.ZERO:
         i = int(np.argmax(kinds > PageKind.ZERO))
@@ -510,7 +434,7 @@ def decode_pages(
     n_normal = normal_gfns.shape[0]
 
     compressed = bool(header.flags & FLAG_LZ4)
-    raw = _payload(body[payload_off:], n_normal * PAGE_SIZE, compressed)
+    raw = _payload(body[layout.payload :], n_normal * PAGE_SIZE, compressed)
     pages = np.frombuffer(raw, np.uint8, n_normal * PAGE_SIZE).reshape(n_normal, PAGE_SIZE)
     return PageBatch(header.pass_no, gfns, kinds, normal_gfns, zero_gfns, pages, compressed)
 
@@ -596,26 +520,6 @@ def decode_digests(header: Header, body: Buffer, *, npages: int) -> np.ndarray:
 
 
 # -- framing --------------------------------------------------------------------------------
-
-
-def iter_frames(buf: Buffer, max_body: int) -> Iterator[tuple[Header, memoryview]]:
-    """Split a byte buffer into validated (header, body) frames; bodies are views of *buf*.
-
-    Raise ``TruncatedMessage`` if *buf* ends inside a frame, and any
-    ``parse_header`` error for a bad header.
-    """
-    view = memoryview(buf).cast("B")
-    off = 0
-    while off < len(view):
-        header = parse_header(view[off : off + HEADER_SIZE], max_body)
-        end = off + HEADER_SIZE + header.length
-        if end > len(view):
-            raise TruncatedMessage(
-                f"{_type_name(header.type)} body declares {header.length} bytes, "
-                f"{len(view) - off - HEADER_SIZE} remain"
-            )
-        yield header, view[off + HEADER_SIZE : end]
-        off = end
 
 
 async def read_frames(reader: ByteReader, *, max_body: int) -> AsyncIterator[tuple[Header, bytes]]:

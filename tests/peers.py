@@ -17,6 +17,7 @@ Every wait here is bounded; none sleeps longer than a poll interval.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import queue
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +62,9 @@ def small(*overrides: str) -> Scenario:
     return load_scenario(SMALL, overrides)
 
 
+_markers = itertools.count()
+
+
 class LoggedDestination(Destination):
     """`precopy dest` on 127.0.0.1 whose stderr (its log) is collected line by line."""
 
@@ -89,6 +94,19 @@ class LoggedDestination(Destination):
         """Wait until the log has `count` lines; return them all."""
         wait_until(lambda: len(self.lines) >= count, timeout, f"{count} log lines {self.lines}")
         return list(self.lines)
+
+    def lines_until_marker(self, timeout: float = 5.0) -> list[str]:
+        """Every line logged so far, up to a marker request's line (the log is one ordered
+        stream: what an earlier request logs comes before it)."""
+        marker = f"marker{next(_markers)}"
+        request = urllib.request.Request(f"{self.url}/migrations/{marker}", method="DELETE")
+        try:
+            urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as err:
+            assert err.code == 404, err
+        wait_until(lambda: any(marker in line for line in self.lines), timeout, "the marker line")
+        lines = list(self.lines)
+        return lines[: next(i for i, line in enumerate(lines) if marker in line)]
 
     def status(self, token: str | None = None) -> dict:
         request = urllib.request.Request(f"{self.url}/status")
@@ -240,7 +258,7 @@ def hello_frame(npages: int, **extra: Any) -> bytes:
 
 def pages_frame(pass_no: int, memory: np.ndarray, gfns: Any, *, compress: bool = False) -> bytes:
     gfns = np.asarray(gfns, dtype=np.int64)
-    return wire.frame_bytes(wire.encode_pages(pass_no, gfns, memory[gfns], compress=compress).parts)
+    return b"".join(wire.encode_gathered(pass_no, memory, gfns, compress=compress).parts)
 
 
 def end_frame(pass_no: int, pages: int) -> bytes:

@@ -6,8 +6,8 @@ resumes a guest from it, and stays up for the next migration. The one
 process serves the whole module; the last test migrates through it.
 
 The races around COMPLETE (pages, a second COMPLETE, or the source leaving
-while the destination verifies) need a slow verification, so they run the
-application in-process on a real loopback socket.
+while the destination verifies) hold the verification until the test lets
+it go, so they run the application in-process on a real loopback socket.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import logging
 import socket
 import struct
-import time
+import threading
 from pathlib import Path
 
 import aiohttp
@@ -201,6 +201,23 @@ async def test_bad_page_stream(peer, name, via):
     assert (got, error) == (status, code)  # the refusal reaches the peer: never lost to a reset
     _one_line(lines, code)
     assert f"migration {migration_id}: discarded" in lines[0]
+    await peer.assert_discarded(migration_id, failed)
+
+
+async def test_requests_that_follow_a_discard_log_nothing_more(peer):
+    """One line per discard: the source's cancel and its late channels follow from it."""
+    failed = peer.dest.status()["failed"]
+    migration_id = await peer.hello()
+    body, status, code = STREAMS["bad-page-kind"]
+    got, error, lines = await peer.send(f"/migrations/{migration_id}/pass/1", body)
+    assert (got, error) == (status, code)
+    _one_line(lines, code)
+    before = len(peer.dest.lines)
+    async with peer.http.delete(f"{peer.dest.url}/migrations/{migration_id}") as resp:
+        assert (resp.status, (await resp.json())["error"]) == (404, "unknown-migration")
+    got, error = await send_upgraded(peer.dest.url, f"/migrations/{migration_id}/pass/1", ONE)
+    assert (got, error) == (404, "unknown-migration")
+    assert await peer.log_since(before) == []
     await peer.assert_discarded(migration_id, failed)
 
 
@@ -390,7 +407,8 @@ def test_malformed_http_framing(split):
             bad = b"zz\r\n" + ONE + b"\r\n"
             if split:
                 sock.sendall(head + f"{len(ONE):x}\r\n".encode() + ONE + b"\r\n")
-                time.sleep(0.05)  # the handler takes the good chunk first
+                wait_until(lambda: dest.status()["pages-received"] == 1, 5,
+                           "the handler to take the good chunk first")
                 sock.sendall(bad)
             else:
                 sock.sendall(head + bad)
@@ -420,9 +438,14 @@ def test_peer_gone_mid_body(dest):
     status = dest.wait_idle()
     assert status["failed"] == start["failed"] + 1
     assert status["completed"] == start["completed"]
-    lines = dest.wait_log(before + 1)[before:]
-    time.sleep(0.2)  # a traceback would follow the line at once
-    assert dest.lines[before:] == lines and len(lines) == 1, dest.lines[before:]
+    dest.wait_log(before + 1)
+    # A traceback would follow the discard at once: a marker request's line, logged after
+    # it by the same event loop, shows that nothing came in between.
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"DELETE /migrations/marker HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 404")
+    lines = dest.wait_log(before + 2)[before:]
+    assert len(lines) == 2 and "/migrations/marker" in lines[1], lines
     assert f"migration {migration_id}: discarded" in lines[0] and "connection lost" in lines[0]
 
 
@@ -441,20 +464,39 @@ def test_destination_still_migrates(dest, tmp_path):
 # ---------------------------------------------------------------- races with verification
 
 
+class HeldVerification:
+    """The destination's verification, held in its worker thread until the test releases it."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    async def wait_started(self) -> None:
+        assert await asyncio.to_thread(self.started.wait, 10), "verification never started"
+
+
 @pytest.fixture
 async def slow_dest(monkeypatch):
     """The application in-process on 127.0.0.1, served as `precopy dest` serves it (aiohttp's
     TestServer cancels handlers when the peer goes; production does not), its verification
-    slowed to 0.5 s."""
+    held until the test releases it."""
     verify = Receiver.verify
+    held = HeldVerification()
 
-    def slow_verify(self, *args):
-        time.sleep(0.5)  # runs in a worker thread, as the real one does
+    def held_verify(self, *args):
+        held.started.set()  # runs in a worker thread, as the real one does
+        held.release.wait(30)
         return verify(self, *args)
 
-    monkeypatch.setattr(Receiver, "verify", slow_verify)
+    monkeypatch.setattr(Receiver, "verify", held_verify)
     outcomes: list[bool] = []
-    app = make_app(max_memory_pages=MAX_MEMORY_PAGES, on_finish=outcomes.append)
+    finished = asyncio.Event()
+
+    def on_finish(ok: bool) -> None:
+        outcomes.append(ok)
+        finished.set()
+
+    app = make_app(max_memory_pages=MAX_MEMORY_PAGES, on_finish=on_finish)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)  # as `precopy dest`
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -467,8 +509,9 @@ async def slow_dest(monkeypatch):
             status, _ = await _post(http, server, f"/migrations/{migration_id}/pass/1",
                                     pass_body(1, MEMORY))
             assert status == 200
-            yield server, http, migration_id, app, outcomes
+            yield server, http, migration_id, app, outcomes, held, finished
     finally:
+        held.release.set()
         await runner.cleanup()
 
 
@@ -486,40 +529,44 @@ def _counts(app) -> tuple[int, int]:
 
 async def test_source_gone_during_verification_is_not_resumed(slow_dest, caplog):
     """The source stops waiting for RESUMED (and resumes its guest): no second copy here."""
-    server, http, migration_id, app, outcomes = slow_dest
+    server, http, migration_id, app, outcomes, held, finished = slow_dest
     caplog.set_level(logging.INFO, logger="precopy.dest")
-    with pytest.raises(asyncio.TimeoutError):
-        await _post(http, server, f"/migrations/{migration_id}/complete",
-                    complete_body(1, MEMORY), timeout=aiohttp.ClientTimeout(total=0.2))
-    wait = asyncio.get_running_loop().time() + 5
-    while not outcomes and asyncio.get_running_loop().time() < wait:
-        await asyncio.sleep(0.02)
+    complete = asyncio.ensure_future(_post(http, server, f"/migrations/{migration_id}/complete",
+                                           complete_body(1, MEMORY)))
+    await held.wait_started()
+    complete.cancel()  # the source stops waiting: its connection goes
+    with pytest.raises(asyncio.CancelledError):
+        await complete
+    held.release.set()
+    await asyncio.wait_for(finished.wait(), 10)
     assert outcomes == [False]
     assert _counts(app) == (0, 1)
     assert "the source left before it could hear RESUMED" in caplog.text
 
 
 async def test_pages_during_verification_are_refused(slow_dest):
-    server, http, migration_id, app, outcomes = slow_dest
+    server, http, migration_id, app, outcomes, held, _ = slow_dest
     complete = asyncio.ensure_future(
         _post(http, server, f"/migrations/{migration_id}/complete", complete_body(1, MEMORY)))
-    await asyncio.sleep(0.1)  # COMPLETE is in, verification running
+    await held.wait_started()  # COMPLETE is in, verification running
     status, answer = await _post(http, server, f"/migrations/{migration_id}/pass/2",
                                  pass_body(2, guest_image(NPAGES, seed=1)))
     assert (status, answer["error"]) == (409, "unexpected-message")
+    held.release.set()
     status, answer = await complete
     assert (status, answer["error"]) == (404, "unknown-migration")  # discarded, not resumed
     assert outcomes == [False] and _counts(app) == (0, 1)
 
 
 async def test_second_complete_during_verification_is_refused(slow_dest):
-    server, http, migration_id, app, outcomes = slow_dest
+    server, http, migration_id, app, outcomes, held, _ = slow_dest
     body = complete_body(1, MEMORY)
     first = asyncio.ensure_future(
         _post(http, server, f"/migrations/{migration_id}/complete", body))
-    await asyncio.sleep(0.1)
+    await held.wait_started()
     status, answer = await _post(http, server, f"/migrations/{migration_id}/complete", body)
     assert (status, answer["error"]) == (409, "unexpected-message")
+    held.release.set()
     status, answer = await first
     assert status == 404
     assert outcomes == [False] and _counts(app) == (0, 1)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 
+import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
@@ -20,12 +22,14 @@ from migrate.config import ConfigError, MigrationParams, load_scenario
 from migrate.dest.receiver import Receiver
 from migrate.dest.server import RECEIVER, make_app
 from migrate.digest import page_digests
-from migrate.errors import BadControlMessage, PassOutOfOrder, UnexpectedMessage
+from migrate.errors import BadControlMessage, PassOutOfOrder, UnexpectedMessage, UnknownMigration
 from migrate.source import datapath
 from migrate.source.channel import PageChannel
 from migrate.source.client import DestinationClient, DestinationError
 from migrate.source.clock import VirtualClock
 from migrate.source.engine import Source
+from migrate.source.link import Link
+from tests import wire_oracle as oracle
 from tests.procs import SMALL, Destination, load_json, precopy
 
 PAGE = wire.PAGE_SIZE
@@ -47,8 +51,8 @@ def hello(npages: int = NPAGES) -> dict:
     return {"page-size": PAGE, "memory-pages": npages, "slots": [], "vcpus": 1}
 
 
-def decode(frame: wire.PagesFrame, npages: int = NPAGES) -> wire.PageBatch:
-    ((header, body),) = wire.iter_frames(wire.frame_bytes(frame.parts), 1 << 24)
+def decode(frame: bytes, npages: int = NPAGES) -> wire.PageBatch:
+    ((header, body),) = oracle.split_frames(frame, 1 << 24)
     return wire.decode_pages(header, body, max_gfn=npages)
 
 
@@ -67,24 +71,27 @@ GFN_SETS = {
 
 @pytest.mark.parametrize("compress", [False, True])
 @pytest.mark.parametrize("name", sorted(GFN_SETS))
-def test_encode_gathered_equals_gather_then_encode(name, compress):
+def test_encode_gathered_equals_the_plain_oracle(name, compress):
     mem = make_memory()
     gfns = GFN_SETS[name]
     fast = wire.encode_gathered(3, mem, gfns, compress=compress)
-    slow = wire.encode_pages(3, gfns, wire.gather_pages(mem, gfns), compress=compress)
-    assert wire.frame_bytes(fast.parts) == wire.frame_bytes(slow.parts)
-    assert (fast.nbytes, fast.n_zero, fast.n_normal, fast.compressed) == (
-        slow.nbytes, slow.n_zero, slow.n_normal, slow.compressed)
-    assert fast.payload_wire_bytes == slow.payload_wire_bytes
+    slow = oracle.encode_pages(3, gfns, mem[gfns], compress=compress)
+    assert oracle.join(fast.parts) == slow
+    assert fast.nbytes == len(slow)
+    zero = ~mem[gfns].any(axis=1)
+    assert (fast.n_pages, fast.n_zero, fast.n_normal) == (len(gfns), zero.sum(), (~zero).sum())
+    ((header, body),) = oracle.split_frames(slow, 1 << 24)
+    assert fast.compressed == bool(header.flags & wire.FLAG_LZ4)
+    assert fast.payload_wire_bytes == len(body) - wire.pages_layout(len(gfns)).payload
 
 
 def test_encode_gathered_owns_its_bytes():
     mem = make_memory()
     gfns = np.arange(10, 20)
     frame = wire.encode_gathered(1, mem, gfns)
-    before = wire.frame_bytes(frame.parts)
+    before = oracle.join(frame.parts)
     mem[10:20] = 0xAB  # the guest writes right after the read
-    assert wire.frame_bytes(frame.parts) == before
+    assert oracle.join(frame.parts) == before
 
 
 def test_encode_gathered_validates():
@@ -127,8 +134,8 @@ def test_a_late_batch_of_an_earlier_pass_loses():
     new[1] = 0  # pass 2 sends gfn 6 as a zero page
     gfns = np.array([5, 6])
     # Pass 2's batch arrives first (its channel was faster), then pass 1's.
-    receiver.apply(incoming, decode(wire.encode_pages(2, gfns, new), 64))
-    receiver.apply(incoming, decode(wire.encode_pages(1, gfns, old), 64))
+    receiver.apply(incoming, decode(oracle.encode_pages(2, gfns, new), 64))
+    receiver.apply(incoming, decode(oracle.encode_pages(1, gfns, old), 64))
     assert (incoming.memory[5] == 2).all() and not incoming.memory[6].any()
     assert incoming.page_pass[[5, 6]].tolist() == [2, 2]
     receiver.end_pass(incoming, 1)
@@ -146,7 +153,7 @@ def test_any_arrival_order_leaves_the_latest_pass():
     batches = []
     for p, gfns in sent.items():
         for half in (gfns[::2], gfns[1::2]):
-            batches.append(decode(wire.encode_pages(p, half, versions[p][half]), npages))
+            batches.append(decode(oracle.encode_pages(p, half, versions[p][half]), npages))
     expected = np.empty((npages, PAGE), dtype=np.uint8)
     for p in (1, 2, 3):
         expected[sent[p]] = versions[p][sent[p]]
@@ -155,6 +162,27 @@ def test_any_arrival_order_leaves_the_latest_pass():
         for i in order:
             receiver.apply(incoming, batches[i])
         assert (incoming.memory == expected).all(), order
+
+
+def test_on_finish_hears_each_migration_once_whoever_ends_it():
+    outcomes: list[bool] = []
+    receiver = Receiver(max_memory_pages=64, on_finish=outcomes.append)
+    incoming = receiver.hello(hello(64))
+    assert receiver.finish(incoming, ok=False, why="a refusal") is True
+    assert receiver.finish(incoming, ok=False, why="the watchdog, too late") is False
+    receiver.finish(receiver.hello(hello(64)), ok=True, why="resumed")
+    assert outcomes == [False, True]
+
+
+def test_nothing_is_stored_once_the_migration_is_discarded():
+    """A late channel of a migration another channel got discarded: refused, not stored."""
+    receiver, incoming = _receiver()
+    receiver.finish(incoming, ok=False, why="another channel was refused")
+    batch = decode(oracle.encode_pages(1, np.array([3]), np.full((1, PAGE), 9, np.uint8)), 64)
+    with pytest.raises(UnknownMigration, match="discarded"):
+        receiver.apply(incoming, batch)
+    assert not incoming.memory.any() and incoming.pages_received == 0
+    assert receiver.was_discarded(incoming.id)
 
 
 def test_a_pass_ends_when_all_its_channels_have():
@@ -183,10 +211,10 @@ def test_a_pass_cannot_end_before_an_earlier_one():
 def test_zero_pages_are_written_only_over_content():
     receiver, incoming = _receiver()
     content = np.full((1, PAGE), 9, dtype=np.uint8)
-    receiver.apply(incoming, decode(wire.encode_pages(1, np.array([3]), content), 64))
+    receiver.apply(incoming, decode(oracle.encode_pages(1, np.array([3]), content), 64))
     assert not incoming.zero[3] and incoming.zero[4]
     zeros = np.zeros((2, PAGE), dtype=np.uint8)
-    receiver.apply(incoming, decode(wire.encode_pages(2, np.array([3, 4]), zeros), 64))
+    receiver.apply(incoming, decode(oracle.encode_pages(2, np.array([3, 4]), zeros), 64))
     assert not incoming.memory[3].any() and incoming.zero[[3, 4]].all()
 
 
@@ -214,7 +242,7 @@ async def _send_and_verify(url: str, mem: np.ndarray, *, channels: int, compress
         migration_id = await client.hello(hello(mem.shape[0]))
         for pass_no in range(1, passes + 1):
             traffic.append(await datapath.send_pass(
-                client, migration_id, pass_no, gfns, memory=mem, clock=VirtualClock(1e9),
+                client, migration_id, pass_no, gfns, memory=mem, link=Link(VirtualClock(), 1e9),
                 batch_pages=16, channels=channels, compress=compress,
             ))
             gfns = np.arange(pass_no - 1, mem.shape[0], 5)  # the guest dirties a few pages...
@@ -265,11 +293,11 @@ async def test_pass_races_over_two_channels(dest):
                                           token="s3cret", timeout_s=10)
 
         late, early = await channel(1), await channel(2)
-        await early.send(wire.encode_pages(2, np.arange(4), new).parts)
+        await early.send([oracle.encode_pages(2, np.arange(4), new)])
         await early.flush()
         while incoming.page_pass[0] != 2:  # until the destination has stored it
             await asyncio.sleep(0.005)
-        await late.send(wire.encode_pages(1, np.arange(4), old).parts)
+        await late.send([oracle.encode_pages(1, np.arange(4), old)])
         end = {"pages": 4, "channel": 0, "channels": 1}
         assert (await late.finish(wire.encode_control(wire.MsgType.END_OF_PASS, 1, end)))[
             "pages"] == 4
@@ -287,13 +315,52 @@ async def test_a_refusal_on_a_channel_names_the_error_and_discards(dest):
         migration_id = await client.hello(hello(8))
         channel = await PageChannel.open(url, f"/migrations/{migration_id}/pass/1",
                                          token="s3cret", timeout_s=10)
-        bad = wire.encode_pages(1, np.array([3, 99]), np.ones((2, PAGE), dtype=np.uint8))
-        await channel.send(bad.parts)
+        bad = oracle.encode_pages(1, np.array([3, 99]), np.ones((2, PAGE), dtype=np.uint8))
+        await channel.send([bad])
         with pytest.raises(DestinationError, match="gfn-out-of-range") as err:
             await channel.finish(wire.encode_control(wire.MsgType.END_OF_PASS, 1, {}))
         assert err.value.code == "gfn-out-of-range" and err.value.status == 400
         channel.close()
     assert app[RECEIVER].current is None  # discarded: nothing can resume
+
+
+async def test_a_bug_is_answered_and_logged_alike_on_both_paths(dest, monkeypatch, caplog):
+    """A chunked pass and an upgraded channel go through the one `refusal`: same answer, same
+    lines (the traceback, then the discard), on the same logger."""
+    app, url = dest
+
+    def bug(self, incoming, batch):
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(Receiver, "apply", bug)
+    caplog.set_level(logging.INFO, logger="precopy")
+    mem = make_memory(npages=8)
+    pages = oracle.join(wire.encode_gathered(1, mem, np.arange(8)).parts)
+    end = wire.encode_control(wire.MsgType.END_OF_PASS, 1, {"pages": 8})
+    seen = []
+    async with (
+        DestinationClient(url, token="s3cret", timeout_s=10) as client,
+        aiohttp.ClientSession(headers={"Authorization": "Bearer s3cret"}) as http,
+    ):
+        for via in ("chunked", "upgraded"):
+            path = f"/migrations/{await client.hello(hello(8))}/pass/1"
+            caplog.clear()
+            if via == "chunked":
+                async with http.post(url + path, data=pages + end) as resp:
+                    answer = (resp.status, (await resp.json())["error"])
+            else:
+                channel = await PageChannel.open(url, path, token="s3cret", timeout_s=10)
+                await channel.send([pages])
+                with pytest.raises(DestinationError) as err:
+                    await channel.finish(end)
+                channel.close()
+                answer = (err.value.status, err.value.code)
+            lines = [(r.name, r.levelname, r.exc_info is not None) for r in caplog.records]
+            seen.append((answer, lines))
+            assert app[RECEIVER].current is None
+    assert seen[0] == seen[1]
+    assert seen[0] == ((500, "internal-error"), [("precopy.dest", "ERROR", True),
+                                                 ("precopy.dest", "WARNING", False)])
 
 
 async def test_end_of_pass_must_count_the_pages(dest):
@@ -302,7 +369,7 @@ async def test_end_of_pass_must_count_the_pages(dest):
         migration_id = await client.hello(hello(8))
         channel = await PageChannel.open(url, f"/migrations/{migration_id}/pass/1",
                                          token="s3cret", timeout_s=10)
-        await channel.send(wire.encode_pages(1, np.arange(3), np.ones((3, PAGE), np.uint8)).parts)
+        await channel.send([oracle.encode_pages(1, np.arange(3), np.ones((3, PAGE), np.uint8))])
         with pytest.raises(DestinationError, match="bad-control-message"):
             await channel.finish(wire.encode_control(wire.MsgType.END_OF_PASS, 1, {"pages": 4}))
         channel.close()
@@ -340,17 +407,22 @@ async def test_a_channel_to_an_unknown_migration_is_refused(dest):
 async def test_the_chunked_body_path_takes_channel_fields(dest):
     _, url = dest
     mem = make_memory(npages=8)
-    async with DestinationClient(url, token="s3cret", timeout_s=10) as client:
+    async with (
+        DestinationClient(url, token="s3cret", timeout_s=10) as client,
+        aiohttp.ClientSession(headers={"Authorization": "Bearer s3cret"}) as http,
+    ):
         migration_id = await client.hello(hello(8))
 
         async def frames(pass_no: int, gfns: np.ndarray, info: dict):
-            yield wire.frame_bytes(wire.encode_gathered(pass_no, mem, gfns).parts)
+            yield oracle.join(wire.encode_gathered(pass_no, mem, gfns).parts)
             yield wire.encode_control(wire.MsgType.END_OF_PASS, pass_no, info)
 
         halves = np.arange(4), np.arange(4, 8)
         for i, half in enumerate(halves):
-            answer = await client.send_pass(migration_id, 1, frames(
-                1, half, {"pages": 4, "channel": i, "channels": 2}))
+            body = frames(1, half, {"pages": 4, "channel": i, "channels": 2})
+            async with http.post(f"{url}/migrations/{migration_id}/pass/1", data=body) as resp:
+                assert resp.status == 200
+                answer = await resp.json()
             assert answer == {"pass": 1, "pages": 4, "bytes": answer["bytes"]}
         answer = await client.complete(migration_id, 2, b"", page_digests(mem), {"pages": 8})
         assert answer["verified"] is True
@@ -473,11 +545,12 @@ async def test_wall_clock_channels_share_the_rate_limit():
     """Four channels sending at once are held to the link's rate together, not each."""
     from migrate.source.clock import RATE_LIMIT_WINDOW_NS, WallClock
 
-    clock = WallClock(20e6)  # 20 MB/s: a 2 MB window
+    clock = WallClock()
+    link = Link(clock, 20e6)  # 20 MB/s: a 2 MB window
 
     async def channel() -> None:
         for _ in range(10):
-            await clock.transfer(200_000)
+            await link.transfer(200_000)
 
     started = clock.now_ns
     await asyncio.gather(*(channel() for _ in range(4)))  # 8 MB: 0.4 s at 20 MB/s

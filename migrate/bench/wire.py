@@ -40,6 +40,7 @@ from migrate.digest import page_digests
 from migrate.source import datapath
 from migrate.source.client import DestinationClient
 from migrate.source.clock import VirtualClock
+from migrate.source.link import Link
 from vmmodel import text_pages
 
 PAGE = wire.PAGE_SIZE
@@ -195,7 +196,7 @@ async def _migrate(dest: _Destination, memory: np.ndarray, *, passes: int, chann
                    compress: bool) -> dict[str, Any]:
     npages = memory.shape[0]
     gfns = np.arange(npages, dtype=np.int64)
-    clock = VirtualClock(1e18)  # counts bytes only: the passes run at the wall's speed
+    link = Link(VirtualClock(), 1e18)  # counts bytes only: the passes run at the wall's speed
     batch_pages = MigrationParams().batch_pages
     seconds, source_cpu, dest_cpu, wire_bytes, lz4_raw, lz4_wire = [], [], [], [], 0, 0
     async with DestinationClient(dest.url) as client:
@@ -205,7 +206,7 @@ async def _migrate(dest: _Destination, memory: np.ndarray, *, passes: int, chann
             dest_before, cpu_before = dest.cpu_s(), time.process_time()
             started = time.perf_counter()
             traffic = await datapath.send_pass(
-                client, migration_id, pass_no, gfns, memory=memory, clock=clock,
+                client, migration_id, pass_no, gfns, memory=memory, link=link,
                 batch_pages=batch_pages, channels=channels, compress=compress,
             )
             seconds.append(time.perf_counter() - started)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,7 @@ from migrate.errors import (
 
 log = logging.getLogger("precopy.dest")
 LOST_GFNS_LISTED = 10_000  # a wholly broken run of a big guest would otherwise answer in GBs
+DISCARDS_REMEMBERED = 16  # ids whose late requests (a cancel, other channels) are expected
 
 
 @dataclass
@@ -63,11 +66,20 @@ def _int_field(info: dict[str, Any], key: str, low: int, high: int | None = None
 
 
 class Receiver:
-    def __init__(self, *, max_memory_pages: int) -> None:
+    """The destination's one guest image at a time: HELLO starts it, `finish` ends it.
+
+    *on_finish(ok)* is called once per migration, whoever ends it (COMPLETE, a
+    cancel, a refusal, the watchdog), after its one log line.
+    """
+
+    def __init__(self, *, max_memory_pages: int,
+                 on_finish: Callable[[bool], object] | None = None) -> None:
         self.max_memory_pages = max_memory_pages
+        self.on_finish = on_finish
         self.current: Incoming | None = None
         self.completed = 0
         self.failed = 0
+        self._discarded: deque[str] = deque(maxlen=DISCARDS_REMEMBERED)
 
     def hello(self, info: dict[str, Any]) -> Incoming:
         """Start receiving a guest. Raise `MigrationBusy` if one is in progress,
@@ -98,12 +110,19 @@ class Receiver:
             raise UnknownMigration(f"no migration {migration_id!r} in progress")
         return self.current
 
+    def was_discarded(self, migration_id: str | None) -> bool:
+        """Whether *migration_id* is one of the last migrations discarded here."""
+        return migration_id in self._discarded
+
     def check_pass(self, incoming: Incoming, pass_no: int) -> None:
         """A stream may carry the current pass or a new one, never one already ended.
 
-        Raise `UnexpectedMessage` once COMPLETE has been received, `PassOutOfOrder`
-        for a pass already ended.
+        Raise `UnknownMigration` once the migration has been discarded (another
+        channel was refused: nothing more is stored), `UnexpectedMessage` once
+        COMPLETE has been received, `PassOutOfOrder` for a pass already ended.
         """
+        if incoming is not self.current:
+            raise UnknownMigration(f"migration {incoming.id} was discarded")
         if incoming.completing:
             raise UnexpectedMessage(f"pass {pass_no} after COMPLETE")
         if pass_no <= incoming.passes_ended:
@@ -120,19 +139,14 @@ class Receiver:
         may hold something else (the image starts zeroed).
         """
         self.check_pass(incoming, batch.pass_no)
-        gfns, content = batch.normal_gfns, batch.pages
-        if len(gfns):
-            newer = incoming.page_pass[gfns] <= batch.pass_no
-            if not newer.all():
-                gfns, content = gfns[newer], content[newer]
+        if len(batch.normal_gfns):
+            keep = _not_newer(incoming.page_pass, batch.normal_gfns, batch.pass_no)
+            gfns, content = batch.normal_gfns[keep], batch.pages[keep]
             _store(incoming.memory, gfns, content)
             incoming.page_pass[gfns] = batch.pass_no
             incoming.zero[gfns] = False
-        gfns = batch.zero_gfns
-        if len(gfns):
-            newer = incoming.page_pass[gfns] <= batch.pass_no
-            if not newer.all():
-                gfns = gfns[newer]
+        if len(batch.zero_gfns):
+            gfns = batch.zero_gfns[_not_newer(incoming.page_pass, batch.zero_gfns, batch.pass_no)]
             stale = gfns[~incoming.zero[gfns]]
             if len(stale):
                 incoming.memory[stale] = 0
@@ -210,7 +224,10 @@ class Receiver:
             log.info("migration %s: %s", incoming.id, why)
         else:
             self.failed += 1
+            self._discarded.append(incoming.id)
             log.warning("migration %s: discarded (%s)", incoming.id, why)
+        if self.on_finish is not None:
+            self.on_finish(ok)
         return True
 
     def status(self) -> dict[str, Any]:
@@ -225,12 +242,22 @@ class Receiver:
         }
 
 
+def _not_newer(page_pass: np.ndarray, gfns: np.ndarray, pass_no: int) -> slice | np.ndarray:
+    """Select the *gfns* whose page holds no later pass's content than *pass_no*.
+
+    A whole slice in the usual case (no race between passes), so that the
+    caller's selection is a view, not a copy.
+    """
+    keep = page_pass[gfns] <= pass_no
+    return slice(None) if keep.all() else keep
+
+
 def _store(memory: np.ndarray, gfns: np.ndarray, content: np.ndarray) -> None:
-    """``memory[gfns] = content``; one memcpy when *gfns* are consecutive (a first pass)."""
+    """``memory[gfns] = content``; one memcpy when *gfns* are a run (a first pass)."""
     if not len(gfns):
         return
-    first = int(gfns[0])
-    if int(gfns[-1]) - first == len(gfns) - 1 and bool((np.diff(gfns) == 1).all()):
+    first = wire.run_start(gfns)
+    if first is not None:
         memory[first : first + len(gfns)] = content
     else:
         memory[gfns] = content

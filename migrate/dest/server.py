@@ -9,10 +9,12 @@ Routes (bodies are wire frames, answers JSON):
 - `DELETE /migrations/{id}`     cancel: discard the image  -> 200
 - `GET /status`
 
-Handlers parse and delegate. One middleware turns a ProtocolError into its
-status and `{error, detail}`, anything else into a logged 500; either way
-the migration concerned is discarded, so no guest resumes after an error.
-Each refusal is one log line. A `Watchdog` discards the migration of a
+Handlers parse and delegate. `refusal` is the one place an error becomes
+an answer, as aiohttp's `_handle_request` is: a ProtocolError is its status
+and `{error, detail}`, anything else a logged 500; either way the migration
+concerned is discarded, so no guest resumes after an error. The error
+middleware answers with it in JSON, an upgraded page channel in an ERROR
+frame. Each refusal is one log line. A `Watchdog` discards the migration of a
 source that falls silent (`idle_timeout_s`), and COMPLETE resumes only
 while the source is still connected to hear it.
 """
@@ -24,7 +26,7 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -46,7 +48,6 @@ log = logging.getLogger("precopy.dest")
 
 RECEIVER = web.AppKey("receiver", Receiver)
 TOKEN = web.AppKey("token", str)
-ON_FINISH = web.AppKey("on_finish", object)
 MAX_BATCH_BODY = 64 << 20  # a 4096-page batch is 16 MiB; anything past this is an attack
 HELLO_MAX_BODY = 1 << 20
 IDLE_TIMEOUT_S = 60.0  # a source silent this long is gone: its migration is discarded
@@ -54,36 +55,76 @@ IDLE_TIMEOUT_S = 60.0  # a source silent this long is gone: its migration is dis
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class Refusal(NamedTuple):
+    """How a failed request is answered: a status and a `{error, detail}` body."""
+
+    status: int
+    body: dict[str, str]
+    headers: dict[str, str]
+
+    def error_frame_body(self) -> dict[str, Any]:
+        """The body of the ERROR frame an upgraded channel answers with: the status inside."""
+        return {**self.body, "status": self.status}
+
+
+def refusal(request: web.Request, err: Exception) -> Refusal:
+    """Turn what a request raised into its answer, logging one line and discarding its migration.
+
+    A `ProtocolError` is its own status; a body whose HTTP framing aiohttp
+    cannot parse is `MalformedBody`; a lost connection is a 400 nobody reads
+    (answering keeps aiohttp from logging a traceback); anything else is a bug
+    of ours: logged whole, a 500. The migration the request names is
+    discarded in every case but `Unauthorized`: a request without the token
+    speaks for no migration, so it cannot end one.
+    """
+    if isinstance(err, HttpProcessingError):
+        err = MalformedBody(err.message)
+    if isinstance(err, Unauthorized):
+        log.warning("%s %s: %s: %s", request.method, request.path, err.code, err)
+        return Refusal(err.status, to_json(err), {"WWW-Authenticate": "Bearer"})
+    if isinstance(err, ProtocolError):
+        _refuse(request, f"{err.code}: {err}")
+        return Refusal(err.status, to_json(err), {})
+    if isinstance(err, ConnectionError | asyncio.IncompleteReadError):
+        _refuse(request, f"connection lost: {err!r}")
+        return Refusal(400, {"error": "connection-lost", "detail": repr(err)}, {})
+    log.error("%s %s: internal error", request.method, request.path, exc_info=err)
+    _discard(request, f"internal error: {err!r}")
+    return Refusal(500, {"error": "internal-error", "detail": repr(err)}, {})
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every error of the handlers and middlewares inside it through `refusal`.
+
+    Cancellation is always re-raised (after its line), and aiohttp's own HTTP
+    exceptions (a 404 route) are its to answer.
+    """
     try:
         return await handler(request)
-    except ProtocolError as err:
-        _refuse(request, f"{err.code}: {err}")
-        return web.json_response(to_json(err), status=err.status)
-    except HttpProcessingError as err:  # aiohttp could not parse the body's HTTP framing
-        err = MalformedBody(err.message)
-        _refuse(request, f"{err.code}: {err}")
-        return web.json_response(to_json(err), status=err.status)
-    except (ConnectionError, asyncio.IncompleteReadError) as err:
-        _refuse(request, f"connection lost: {err!r}")
-        # Nobody is left to read it; answering keeps aiohttp from logging a traceback.
-        return web.json_response({"error": "connection-lost", "detail": repr(err)}, status=400)
     except asyncio.CancelledError:
         _refuse(request, "request cancelled (the server is shutting down)")
         raise
     except web.HTTPException:
         raise
-    except Exception as err:  # a bug of ours: log it whole, never resume
-        log.exception("%s %s: internal error", request.method, request.path)
-        _discard(request, f"internal error: {err!r}")
-        return web.json_response({"error": "internal-error", "detail": repr(err)}, status=500)
+    except Exception as err:
+        answer = refusal(request, err)
+        return web.json_response(answer.body, status=answer.status, headers=answer.headers)
 
 
 def _refuse(request: web.Request, why: str) -> None:
-    """One log line per refusal: the discard's, if the request named the migration in progress."""
+    """One log line per refusal: the discard's, if the request named the migration in progress.
+
+    None for a request that names a migration already discarded (the source's
+    cancel, its other channels closing): they follow from the discard, whose
+    line said why (debug level keeps them for `--debug`).
+    """
     why = f"{request.method} {request.path}: {why}"
-    if not _discard(request, why):
+    if _discard(request, why):
+        return
+    if request.app[RECEIVER].was_discarded(request.match_info.get("id")):
+        log.debug("%s (after its discard)", why)
+    else:
         log.warning("%s", why)
 
 
@@ -98,16 +139,7 @@ def _current_named(request: web.Request) -> Incoming | None:
 def _discard(request: web.Request, why: str) -> bool:
     """Discard the migration in progress if the request names it; return whether it did."""
     current = _current_named(request)
-    if current is None or not request.app[RECEIVER].finish(current, ok=False, why=why):
-        return False
-    _notify(request.app, ok=False)
-    return True
-
-
-def _notify(app: web.Application, *, ok: bool) -> None:
-    callback = app.get(ON_FINISH)
-    if callback is not None:
-        callback(ok)
+    return current is not None and request.app[RECEIVER].finish(current, ok=False, why=why)
 
 
 @web.middleware
@@ -116,10 +148,7 @@ async def token_middleware(request: web.Request, handler: Handler) -> web.Stream
     if expected:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            err = Unauthorized("missing or wrong token")
-            log.warning("%s %s: %s: %s", request.method, request.path, err.code, err)
-            return web.json_response(to_json(err), status=err.status,
-                                     headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized("missing or wrong token")
     return await handler(request)
 
 
@@ -149,7 +178,7 @@ async def _run_watchdog(app: web.Application) -> AsyncIterator[None]:
     async def tick() -> None:
         while True:
             await asyncio.sleep(min(1.0, watchdog.idle_s / 4))
-            watchdog.check(app[RECEIVER], lambda: _notify(app, ok=False))
+            watchdog.check(app[RECEIVER])
 
     task = asyncio.create_task(tick())
     yield
@@ -205,7 +234,7 @@ async def post_pass(request: web.Request) -> web.StreamResponse:
     try:
         if wants_upgrade(request):
             return await serve_upgraded(request, stream, idle_s=request.app[WATCHDOG].idle_s,
-                                        refuse=lambda why: _refuse(request, why))
+                                        refuse=lambda err: refusal(request, err).error_frame_body())
         async for header, body in wire.read_frames(request.content, max_body=MAX_BATCH_BODY):
             stream.frame(header, body)
         return web.json_response(stream.close())
@@ -236,7 +265,6 @@ async def post_complete(request: web.Request) -> web.Response:
     else:
         why = "resumed" if verified else f"{result['lost-count']} pages differ from the source"
     receiver.finish(incoming, ok=verified, why=why)
-    _notify(request.app, ok=verified)
     return web.json_response(result)
 
 
@@ -244,7 +272,6 @@ async def delete_migration(request: web.Request) -> web.Response:
     receiver = request.app[RECEIVER]
     incoming = receiver.get(request.match_info["id"])
     receiver.finish(incoming, ok=False, why="cancelled by the source")
-    _notify(request.app, ok=False)
     return web.json_response({"status": "cancelled", "id": incoming.id})
 
 
@@ -262,16 +289,14 @@ def make_app(
     """Build the destination application. `on_finish(ok)` is called after each migration;
     a source silent for `idle_timeout_s` loses its migration."""
     app = web.Application(
-        middlewares=[token_middleware, errors_middleware, watch_middleware],
+        middlewares=[errors_middleware, token_middleware, watch_middleware],
         client_max_size=HELLO_MAX_BODY,
     )
-    app[RECEIVER] = Receiver(max_memory_pages=max_memory_pages)
+    app[RECEIVER] = Receiver(max_memory_pages=max_memory_pages, on_finish=on_finish)
     app[WATCHDOG] = Watchdog(idle_timeout_s)
     app.cleanup_ctx.append(_run_watchdog)
     if token:
         app[TOKEN] = token
-    if on_finish is not None:
-        app[ON_FINISH] = on_finish
     app.router.add_post("/migrations", post_hello)
     app.router.add_post("/migrations/{id}/pass/{n}", post_pass)
     app.router.add_post("/migrations/{id}/complete", post_complete)

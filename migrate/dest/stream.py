@@ -30,7 +30,6 @@ A channel travels one of two ways, with the same frames and the same checks
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,16 +42,11 @@ from migrate.dest.receiver import Incoming, Receiver
 from migrate.errors import (
     BadControlMessage,
     MessageTooLarge,
-    ProtocolError,
     SourceTimeout,
     TruncatedMessage,
     UnexpectedMessage,
-    to_json,
 )
 
-log = logging.getLogger("precopy.dest.stream")
-
-ANSWER_MAX_BODY = 1 << 16
 
 def max_stream_bytes(npages: int, max_body: int) -> int:
     """A pass stream carries each guest page at most once: its pages, their metadata, slack."""
@@ -252,12 +246,12 @@ async def _wait(reader: _FrameReader, idle_s: float) -> None:
 
 
 async def serve_upgraded(request: web.Request, stream: PassStream, *, idle_s: float,
-                         refuse: Callable[[str], None]) -> web.StreamResponse:
+                         refuse: Callable[[Exception], dict[str, Any]]) -> web.StreamResponse:
     """Answer 101, take the connection over and receive one channel's stream of frames.
 
     A refusal cannot be an HTTP status any more once the 101 is out: it is
-    an ERROR frame, and `refuse(why)` discards the migration as the error
-    middleware would.
+    an ERROR frame, whose body `refuse(err)` returns after it has logged and
+    discarded as for any other request (the server's `refusal`).
     """
     transport = request.transport
     if transport is None or transport.is_closing():
@@ -271,19 +265,8 @@ async def serve_upgraded(request: web.Request, stream: PassStream, *, idle_s: fl
     try:
         await _wait(reader, idle_s)
         answer = wire.encode_control(wire.MsgType.END_OF_PASS, stream.pass_no, stream.close())
-    except ProtocolError as err:
-        refuse(f"{err.code}: {err}")
-        answer = wire.encode_control(wire.MsgType.ERROR, stream.pass_no,
-                                     {**to_json(err), "status": err.status})
-    except ConnectionError as err:
-        refuse(f"connection lost: {err}")
-        return response
-    except Exception as err:  # a bug of ours: log it whole, never resume
-        log.exception("%s %s: internal error", request.method, request.path)
-        refuse(f"internal error: {err!r}")
-        answer = wire.encode_control(wire.MsgType.ERROR, stream.pass_no,
-                                     {"error": "internal-error", "detail": repr(err),
-                                      "status": 500})
+    except Exception as err:  # a refusal, a lost connection, or a bug of ours
+        answer = wire.encode_control(wire.MsgType.ERROR, stream.pass_no, refuse(err))
     if not transport.is_closing():
         transport.write(answer)
         if not answer.startswith(_END_OF_PASS_PREFIX):

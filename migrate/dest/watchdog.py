@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -48,8 +47,8 @@ class Watchdog:
         """Why the request's connection was cut off, if the watchdog did it."""
         return self.inflight[id(request)].stalled
 
-    def check(self, receiver: Receiver, on_discard: Callable[[], None]) -> None:
-        """Cut off stalled bodies; discard an idle migration and call `on_discard`."""
+    def check(self, receiver: Receiver) -> None:
+        """Cut off stalled bodies; discard an idle migration."""
         now = time.monotonic()
         for watched in self.inflight.values():
             content, transport = watched.request.content, watched.request.transport
@@ -66,4 +65,3 @@ class Watchdog:
         if now - max(self.last_seen, current.started) > self.idle_s:
             receiver.finish(current, ok=False,
                             why=f"no request from the source for {self.idle_s:g} s")
-            on_discard()

@@ -1,7 +1,9 @@
-"""The source's side of the wire: one aiohttp session talking to a destination.
+"""The source's control channel: one aiohttp session talking to a destination.
 
-Each precopy pass is one streamed POST whose body is the pass's frames, so
-the socket sees large writes and the destination decodes as bytes arrive.
+It carries HELLO, COMPLETE (with the device state and the page digests) and
+the cancel. A pass's pages do not go here: they go over the page channels
+(`migrate.source.channel`), N upgraded connections per pass that
+`migrate.source.datapath` opens with this client's URL, token and timeout.
 Refusals come back as `DestinationError` with the destination's error code.
 """
 
@@ -29,6 +31,8 @@ class DestinationError(Exception):
 
 
 class DestinationClient:
+    """The control requests to one destination; `close` (or `async with`) ends the session."""
+
     def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 30.0):
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
@@ -84,11 +88,6 @@ class DestinationClient:
         if not isinstance(migration_id, str) or not migration_id.isalnum():
             raise DestinationError(f"HELLO answer has no valid id: {answer!r}")
         return migration_id
-
-    async def send_pass(
-        self, migration_id: str, pass_no: int, frames: AsyncIterator[bytes | memoryview]
-    ) -> dict[str, Any]:
-        return await self._request("POST", f"/migrations/{migration_id}/pass/{pass_no}", frames)
 
     async def complete(
         self, migration_id: str, pass_no: int, device_state: bytes, digests: np.ndarray,

@@ -10,7 +10,7 @@ number of channels.
 
 What the virtual clock models:
 
-- the link: every batch's wire bytes go through `clock.transfer`, one
+- the link: every batch's wire bytes go through `Link.transfer`, one
   timeline shared by all channels, so N channels carrying B bytes take
   B / bandwidth, as one would (they share the link; the clock's calls never
   suspend, so concurrent channels cannot interleave inside one);
@@ -21,7 +21,8 @@ What the virtual clock models:
   pipeline runs at its slowest stage: a batch takes
   max(wire bytes / bandwidth, pages x cost per page / channels).
   Decompression at the destination is not modeled (lz4 decodes several times
-  faster than it encodes). With the wall clock the real costs are simply there.
+  faster than it encodes). With the wall clock the real costs are simply there
+  (`Clock.host_work`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 from migrate import wire
 from migrate.source.channel import PageChannel
 from migrate.source.client import DestinationClient, DestinationError
-from migrate.source.clock import NS_PER_S, Clock
+from migrate.source.link import Link
 from vmmodel import CostTable
 
 DEFAULT_COSTS = CostTable()
@@ -66,16 +67,15 @@ class PassTraffic:
             self.compressed_raw_bytes += frame.payload_raw_bytes
 
 
-async def _account(clock: Clock, frame: wire.PagesFrame, *, compress: bool,
+async def _account(link: Link, frame: wire.PagesFrame, *, compress: bool,
                    channels: int, costs: CostTable) -> None:
-    """Let the batch's time pass on the clock (see the module docstring)."""
-    link_ns = frame.nbytes * NS_PER_S / clock.bandwidth_bps
-    await clock.transfer(frame.nbytes)
-    if compress and frame.n_normal and clock.kind == "virtual":
+    """Let the batch's time pass on the link's clock (see the module docstring)."""
+    link_ns = await link.transfer(frame.nbytes)
+    if compress and frame.n_normal:
         per_page = costs.lz4_page_shrunk_ns if frame.compressed else costs.lz4_page_raw_ns
         cpu_ns = frame.n_normal * per_page / channels
-        if cpu_ns > link_ns:
-            await clock.elapse(cpu_ns - link_ns)
+        if cpu_ns > link_ns:  # the pipeline's slowest stage is lz4
+            await link.clock.host_work(cpu_ns - link_ns)
 
 
 async def send_pass(
@@ -85,7 +85,7 @@ async def send_pass(
     gfns: np.ndarray,
     *,
     memory: np.ndarray,
-    clock: Clock,
+    link: Link,
     batch_pages: int,
     channels: int = 1,
     compress: bool = False,
@@ -105,6 +105,7 @@ async def send_pass(
     traffic.channels = n_channels
     starts = iter(range(0, len(gfns), batch_pages))  # shared: the next batch to hand out
     path = f"/migrations/{migration_id}/pass/{pass_no}"
+    clock = link.clock
     started_ns = clock.now_ns
     opened = await _open_channels(client, path, n_channels)
 
@@ -115,7 +116,7 @@ async def send_pass(
                 before_read()
             batch = gfns[start : start + batch_pages]
             frame = wire.encode_gathered(pass_no, memory, batch, compress=compress)
-            await _account(clock, frame, compress=compress, channels=n_channels, costs=costs)
+            await _account(link, frame, compress=compress, channels=n_channels, costs=costs)
             traffic.add(frame)
             sent += frame.n_pages
             batches += 1
@@ -135,7 +136,7 @@ async def send_pass(
     finally:
         for channel in opened:
             channel.close()
-    await clock.drain()  # the wall clock's link may still be carrying the last window
+    await link.drain()  # the wall clock's link may still be carrying the last window
     traffic.send_ns = clock.now_ns - started_ns
     return traffic
 
