@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate.record import Record, keyed
+from migrate.record import SKIP, Record, keyed
+from vmmodel import GuestStats, HarvestResult
 
 STATUSES = ("completed", "failed", "cancelled")
 
@@ -20,10 +21,10 @@ STATUSES = ("completed", "failed", "cancelled")
 class RoundRecord(Record):
     """One precopy pass, or the stop-and-copy, and the sync that ended it."""
 
-    round: int
+    pass_no: int = keyed("round")  # the wire's and the URL's pass; "round" in the report
     phase: str  # "precopy" | "stop-and-copy"
-    start_ms: float = keyed("start")
-    duration_ms: float = keyed("duration")
+    start_ms: float = keyed("start", default=0.0)
+    duration_ms: float = keyed("duration", default=0.0)
     dirty_pages: int = 0  # pages this pass had to send
     pages_sent: int = 0
     bytes: int = 0
@@ -33,7 +34,16 @@ class RoundRecord(Record):
     vcpu_stall_ns: float = 0.0  # guest time lost waiting for mmu_lock
     fault_ns: float = 0.0  # guest time lost in write faults
     cpu_throttle_percentage: int = 0  # auto-converge's throttle during the pass
-    harvest: dict[str, Any] = field(default_factory=dict)
+    harvest: HarvestResult = field(default_factory=HarvestResult)  # the sync that ended it
+
+
+@dataclass
+class GuestTotals(GuestStats, Record):
+    """The report's `guest`: the guest's totals over the whole migration, and its state."""
+
+    zap_flushes: int = field(default=0, metadata={SKIP: True})  # counted in no report yet
+    n_used_mmu_pages: int = 0  # shadow pages in use at the end
+    running: bool = False  # whether the guest runs at the source (a failed or cancelled run)
 
 
 @dataclass
@@ -74,7 +84,7 @@ class Report(Record):
     clock: str = "virtual"
     wall_time_s: float = 0.0
     verify_wall_ms: float = 0.0  # the emulator's own check, left out of wall-clock downtime
-    guest: dict[str, Any] = field(default_factory=dict)
+    guest: GuestTotals = field(default_factory=GuestTotals)
     config: dict[str, Any] = field(default_factory=dict)
     rounds: list[RoundRecord] = field(default_factory=list)
 

@@ -10,12 +10,17 @@ MIB = 1 << 20
 def progress_line(r: RoundRecord) -> str:
     h = r.harvest
     return (
-        f"{r.phase:>13} {r.round:>3}: {r.pages_sent:>9,} pages {r.bytes / MIB:>8.1f} MiB "
+        f"{r.phase:>13} {r.pass_no:>3}: {r.pages_sent:>9,} pages {r.bytes / MIB:>8.1f} MiB "
         f"in {r.duration_ms:>8.1f} ms ({r.bandwidth / MIB:>6.1f} MiB/s), "
-        f"next {h.get('nr-dirty-pages', 0):>8,} dirty, "
+        f"next {h.nr_dirty_pages:>8,} dirty, "
         f"expected downtime {r.expected_downtime_ms:>8.1f} ms, "
-        f"harvest {h.get('branch', '?')} {h.get('modeled-ns', 0) / 1e3:.1f} us"
+        f"harvest {h.branch or '?'} {round(h.kernel_ns) / 1e3:.1f} us"
     )
+
+
+def _us(ns: float) -> str:
+    """Whole nanoseconds (as the report stores them) in microseconds."""
+    return f"{round(ns) / 1e3:,.1f}"
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -26,7 +31,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def summary_table(report: Report) -> str:
-    ram = report.ram
+    ram, guest = report.ram, report.guest
     mmu = report.config.get("mmu", {})
     workload = report.config.get("guest", {}).get("workload", {})
     verdict = "yes" if report.verified else "NO"
@@ -48,19 +53,18 @@ def summary_table(report: Report) -> str:
            "compressed" if ram.compressed_bytes else ""),
         f"dirty-sync-count {ram.dirty_sync_count}, last pass {ram.mbps:,.1f} Mbit/s, "
         f"dirty rate {ram.dirty_pages_rate:,.0f} pages/s",
-        f"guest            {report.guest.get('writes', 0):,} writes, "
-        f"{report.guest.get('write-faults', 0):,} write faults, "
-        f"{report.guest.get('vcpu-stall-ns', 0) / 1e6:,.2f} ms vCPU stall on mmu_lock"
+        f"guest            {guest.writes:,} writes, {guest.write_faults:,} write faults, "
+        f"{round(guest.vcpu_stall_ns) / 1e6:,.2f} ms vCPU stall on mmu_lock"
         + (f", throttled to {100 - report.cpu_throttle_percentage} % by auto-converge"
            if report.cpu_throttle_percentage else ""),
         f"wall time        {report.wall_time_s:.2f} s",
         "",
     ]
     rows = [
-        [str(r.round), r.phase, f"{r.dirty_pages:,}", f"{r.bytes / MIB:,.1f}",
+        [str(r.pass_no), r.phase, f"{r.dirty_pages:,}", f"{r.bytes / MIB:,.1f}",
          f"{r.start_ms:,.1f}", f"{r.duration_ms:,.1f}", f"{r.bandwidth / MIB:,.1f}",
-         f"{r.expected_downtime_ms:,.1f}", r.harvest.get("branch", ""),
-         f"{r.harvest.get('modeled-ns', 0) / 1e3:,.1f}", f"{r.faults:,}",
+         f"{r.expected_downtime_ms:,.1f}", r.harvest.branch, _us(r.harvest.kernel_ns),
+         f"{r.faults:,}",
          f"{r.vcpu_stall_ns / 1e6:,.3f}"]
         for r in report.rounds
     ]

@@ -31,9 +31,9 @@ def outcome(result: PointResult) -> str:
         return f"ERROR ({result.error})"
     report = result.report
     if result.ok:
-        return (f"completed, verified, downtime {report.get('downtime', 0):,.1f} ms, "
-                f"total {report.get('total-time', 0) / 1e3:,.2f} s")
-    why = f" ({report.get('error')})" if report.get("error") else ""
+        return (f"completed, verified, downtime {report.downtime_ms:,.1f} ms, "
+                f"total {report.total_time_ms / 1e3:,.2f} s")
+    why = f" ({report.error})" if report.error else ""
     return f"{result.status.upper()}{', not verified' if not result.verified else ''}{why}"
 
 

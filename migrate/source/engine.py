@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from migrate import wire
 from migrate.config import Scenario
 from migrate.digest import page_digests
 from migrate.errors import ProtocolError
-from migrate.report import Report, RoundRecord
+from migrate.report import GuestTotals, Report, RoundRecord
 from migrate.source import datapath
 from migrate.source.client import DestinationClient, DestinationError
 from migrate.source.clock import NS_PER_S, make_clock
@@ -272,7 +272,7 @@ class Source:
                 bandwidth: float, expected_ns: float) -> None:
         stats = self.vm.stats
         record = RoundRecord(
-            round=round_no,
+            pass_no=round_no,
             phase=phase,
             start_ms=start / NS_PER_MS,
             duration_ms=(self.clock.now_ns - start) / NS_PER_MS,
@@ -285,18 +285,23 @@ class Source:
             vcpu_stall_ns=stats.vcpu_stall_ns - before.vcpu_stall_ns,
             fault_ns=stats.fault_ns - before.fault_ns,
             cpu_throttle_percentage=round(self.vm.throttle * 100),
-            harvest=harvest.to_dict(),
+            harvest=_without_gfns(harvest),
         )
         self.report.rounds.append(record)
         if self.progress is not None:
             self.progress(record)
 
-    def _guest_totals(self) -> dict:
-        s = self.vm.stats
-        return {"writes": s.writes, "write-faults": s.write_faults, "page-faults": s.page_faults,
-                "fault-ns": round(s.fault_ns), "vcpu-stall-ns": round(s.vcpu_stall_ns),
-                "zapped-pages": s.zapped_pages, "n-used-mmu-pages": self.vm.mmu.n_used_mmu_pages,
-                "running": not self.vm.paused}
+    def _guest_totals(self) -> GuestTotals:
+        return GuestTotals(**asdict(self.vm.stats), n_used_mmu_pages=self.vm.mmu.n_used_mmu_pages,
+                           running=not self.vm.paused)
+
+
+def _without_gfns(harvest: HarvestResult) -> HarvestResult:
+    """The harvest's record for the report: its figures, not its (possibly huge) gfn array."""
+    return replace(harvest, gfns=_NO_GFNS, slots=tuple(_without_gfns(h) for h in harvest.slots))
+
+
+_NO_GFNS = np.empty(0, dtype=np.int64)
 
 
 async def migrate(scenario: Scenario, dest_url: str, *, token: str | None = None,
