@@ -101,7 +101,3 @@ class Report(Record):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(self.to_json() + "\n")
         tmp.replace(path)
-
-    @classmethod
-    def from_json_file(cls, path: str | Path) -> Report:
-        return cls.from_dict(json.loads(Path(path).read_text()))
