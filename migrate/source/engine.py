@@ -68,21 +68,21 @@ class Source:
         wall_start = time.perf_counter()
         try:
             pending = await self.setup()
-            iteration = 1
+            pass_no = 1
             while True:
-                pending, figures = await self.iterate(iteration, pending)
+                pending, figures = await self.iterate(pass_no, pending)
                 decision = decide(figures, **self._policy())
                 self.report.switchover = decision.value
                 if decision is Decision.CANCEL:
                     raise MigrationCancelled(
-                        f"no convergence after {iteration} passes (on-no-convergence = cancel)"
+                        f"no convergence after {pass_no} passes (on-no-convergence = cancel)"
                     )
                 if decision is not Decision.CONTINUE:
                     if decision is Decision.FORCE:
-                        log.info("no convergence after %d passes: forcing switchover", iteration)
+                        log.info("no convergence after %d passes: forcing switchover", pass_no)
                     break
-                iteration += 1
-            await self.stop_and_copy(iteration + 1, pending)
+                pass_no += 1
+            await self.stop_and_copy(pass_no + 1, pending)
         except (MigrationCancelled, asyncio.CancelledError) as err:
             await self._abort("cancelled", str(err) or "cancelled by the user")
         except (DestinationError, ProtocolError, OSError) as err:
@@ -138,11 +138,11 @@ class Source:
             "vcpus": self.scenario.guest.vcpus,
         }
 
-    async def iterate(self, iteration: int, pending: np.ndarray) -> tuple[np.ndarray, PassFigures]:
+    async def iterate(self, pass_no: int, pending: np.ndarray) -> tuple[np.ndarray, PassFigures]:
         """Send one pass, then sync; return the next pass's gfns and the figures to decide on."""
         start = self.clock.now_ns
         before = GuestStats(**asdict(self.vm.stats))
-        traffic = await self.send_pages(iteration, pending)
+        traffic = await self.send_pages(pass_no, pending)
         self.ram.precopy_bytes += traffic.bytes
         harvest = await self.sync()
         now = self.clock.now_ns
@@ -156,13 +156,13 @@ class Source:
         self.ram.mbps = bandwidth * 8 / 1e6
         self.ram.pages_per_second = traffic.pages * NS_PER_S / max(now - start, 1.0)
         self.ram.remaining = remaining
-        self._record(iteration, "precopy", start, pending, traffic, harvest, before,
+        self._record(pass_no, "precopy", start, pending, traffic, harvest, before,
                      bandwidth, expected)
         if self.auto_converge is not None:
             pct = self.auto_converge.after_sync(now, traffic.bytes, remaining)
             self.vm.throttle = pct / 100  # the vCPUs run (100 - pct) % of the time from now
             self.report.cpu_throttle_percentage = pct
-        figures = PassFigures(iteration, remaining, bandwidth, now)
+        figures = PassFigures(pass_no, remaining, bandwidth, now)
         return harvest.gfns, figures
 
     async def sync(self) -> HarvestResult:
@@ -267,12 +267,12 @@ class Source:
 
     # ------------------------------------------------------------------ records
 
-    def _record(self, round_no: int, phase: str, start: float, pending: np.ndarray,
+    def _record(self, pass_no: int, phase: str, start: float, pending: np.ndarray,
                 traffic: PassTraffic, harvest: HarvestResult, before: GuestStats,
                 bandwidth: float, expected_ns: float) -> None:
         stats = self.vm.stats
         record = RoundRecord(
-            pass_no=round_no,
+            pass_no=pass_no,
             phase=phase,
             start_ms=start / NS_PER_MS,
             duration_ms=(self.clock.now_ns - start) / NS_PER_MS,
