@@ -101,8 +101,7 @@ class Source:
 
     async def _abort(self, status: str, why: str) -> None:
         """Leave the guest running here, intact, and tell the destination to discard."""
-        self.vm.resume()
-        self.vm.throttle = 0.0  # QEMU's cpu_throttle_stop() when a migration ends
+        self._resume_here()
         self.report.status = status
         self.report.error = why
         self.ram.remaining = self.vm.dirty_pages_pending() * PAGE_SIZE
@@ -112,6 +111,12 @@ class Source:
                 await asyncio.wait_for(self.client.cancel(self.migration_id), timeout=5)
             except (DestinationError, TimeoutError, asyncio.CancelledError):
                 pass  # it may be gone already; it discards on its own then
+
+    def _resume_here(self) -> None:
+        """The guest carries on at the source, unthrottled (QEMU's cpu_throttle_stop()
+        when a migration ends without the destination resuming)."""
+        self.vm.resume()
+        self.vm.throttle = 0.0
 
     # ------------------------------------------------------------------ steps
 
@@ -149,7 +154,7 @@ class Source:
         # QEMU's dirty-pages-rate: distinct pages dirtied between two syncs, per second.
         self.ram.dirty_pages_rate = len(harvest.gfns) * NS_PER_S / max(now - self._last_sync_ns, 1)
         self._last_sync_ns = now
-        bandwidth = traffic.bytes * NS_PER_S / traffic.send_ns if traffic.send_ns else 0.0
+        bandwidth = _bandwidth_bps(traffic)
         remaining = len(harvest.gfns) * PAGE_SIZE
         expected = remaining * NS_PER_S / bandwidth if bandwidth else float("inf")
         self.report.expected_downtime_ms = expected / NS_PER_MS
@@ -204,7 +209,7 @@ class Source:
         self.report.total_time_ms = self.clock.now_ns / NS_PER_MS
         self.report.verify_wall_ms = self._verify_wall_ns / NS_PER_MS
         self.ram.remaining = 0
-        bandwidth = traffic.bytes * NS_PER_S / traffic.send_ns if traffic.send_ns else 0.0
+        bandwidth = _bandwidth_bps(traffic)
         self._record(pass_no, "stop-and-copy", paused_at, rest, traffic, harvest, before,
                      bandwidth, downtime)
         self._verdict(answer)
@@ -219,9 +224,7 @@ class Source:
         if verified:
             self.report.status = "completed"
             return
-        # The destination did not resume: the guest carries on here, unthrottled.
-        self.vm.resume()
-        self.vm.throttle = 0.0
+        self._resume_here()  # the destination did not resume
         self.report.status = "failed"
         self.report.error = (f"verification failed: {self.report.lost_count} pages at the "
                              "destination differ from the source (lost writes)")
@@ -294,6 +297,11 @@ class Source:
     def _guest_totals(self) -> GuestTotals:
         return GuestTotals(**asdict(self.vm.stats), n_used_mmu_pages=self.vm.mmu.n_used_mmu_pages,
                            running=not self.vm.paused)
+
+
+def _bandwidth_bps(traffic: PassTraffic) -> float:
+    """Bytes per second while the pass was on the wire (QEMU's bandwidth: sent / time)."""
+    return traffic.bytes * NS_PER_S / traffic.send_ns if traffic.send_ns else 0.0
 
 
 def _without_gfns(harvest: HarvestResult) -> HarvestResult:
