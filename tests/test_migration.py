@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from migrate import units
 from migrate.report import Report
 from tests.procs import SMALL, Destination, load_json, precopy
 
@@ -47,6 +48,25 @@ def test_default_run_completes_and_verifies(tmp_path):
     assert report["downtime"] < last["expected-downtime"] / 5
     assert report["ram"]["dirty-sync-count"] == len(report["rounds"]) + 1  # + setup sync
     assert Report.from_dict(report).to_dict() == report
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """One run of the small scenario: its report and what it printed."""
+    out = tmp_path_factory.mktemp("small") / "small.json"
+    proc = precopy("run", str(SMALL), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return load_json(out), proc.stdout
+
+
+def test_no_round_reports_a_rate_above_the_link(small_run):
+    """The stop-and-copy's device state counts with its bytes and its send time both."""
+    report, _ = small_run
+    link = units.parse_rate(report["config"]["link"]["bandwidth"])
+    stop = report["rounds"][-1]
+    assert stop["phase"] == "stop-and-copy"
+    assert all(r["bandwidth"] <= link for r in report["rounds"])
+    assert stop["bandwidth"] > 0.9 * link  # it does run at the link's speed
 
 
 def test_broken_strategy_is_caught_losing_writes(tmp_path):

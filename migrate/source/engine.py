@@ -191,8 +191,11 @@ class Source:
         rest = np.union1d(pending, harvest.gfns)
         traffic = await self.send_pages(pass_no, rest)
         device_state = self._device_state()
-        await self.clock.transfer(len(device_state))
+        # The device state is part of the round: its bytes and its time on the link both.
+        sent_at = self.clock.now_ns
+        await self.clock.transfer(len(device_state) + wire.HEADER_SIZE)
         traffic.bytes += len(device_state) + wire.HEADER_SIZE
+        traffic.send_ns += self.clock.now_ns - sent_at
         self.ram.downtime_bytes = traffic.bytes
         wall = time.perf_counter_ns()
         digests = page_digests(self.vm.pages)  # the emulator's check, not migration work
