@@ -137,6 +137,9 @@ def test_non_converging_workload(tmp_path, policy, status, code):
         assert report["verified"] is False
         assert report["guest"]["running"] is True  # the guest carries on at the source
         assert not any(r["phase"] == "stop-and-copy" for r in report["rounds"])
+        # total-time: until the migration ended, as QEMU reports a cancelled one
+        last = passes[-1]
+        assert report["total-time"] >= last["start"] + last["duration"] > 0
 
 
 def test_exit_2_on_bad_config():
@@ -266,3 +269,4 @@ def test_a_pass_that_outlasts_max_time_is_cut_short(tmp_path):
     report = load_json(out)
     assert report["status"] == "cancelled" and "max-time" in report["error"]
     assert report["guest"]["running"] is True
+    assert report["total-time"] > 2 * 5000  # cancelled past twice max-time, not "0.0 ms"

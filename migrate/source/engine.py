@@ -104,6 +104,8 @@ class Source:
         self._resume_here()
         self.report.status = status
         self.report.error = why
+        # QEMU's total-time of a migration that did not complete: until it ended.
+        self.report.total_time_ms = self.clock.now_ns / NS_PER_MS
         self.ram.remaining = self.vm.dirty_pages_pending() * PAGE_SIZE
         log.warning("migration %s: %s", status, why)
         if self.migration_id is not None:
