@@ -69,6 +69,18 @@ def test_no_round_reports_a_rate_above_the_link(small_run):
     assert stop["bandwidth"] > 0.9 * link  # it does run at the link's speed
 
 
+def test_wall_clock_figures_leave_the_emulators_checking_out(tmp_path):
+    """Digests and verification take real time on the wall clock; no migration figure has it."""
+    out = tmp_path / "wall.json"
+    proc = precopy("run", str(SMALL), "--quiet", "--json", str(out), "--set", "clock=wall")
+    assert proc.returncode == 0, proc.stderr
+    report = load_json(out)
+    stop = report["rounds"][-1]
+    assert report["verify-wall-ms"] > 0
+    assert stop["duration"] == pytest.approx(report["downtime"], rel=1e-9)
+    assert report["total-time"] == pytest.approx(stop["start"] + stop["duration"], rel=1e-9)
+
+
 def test_broken_strategy_is_caught_losing_writes(tmp_path):
     out = tmp_path / "noflush.json"
     proc = precopy("run", "--set", "mmu.strategy=rmap-noflush", "--json", str(out), timeout=120)

@@ -105,7 +105,7 @@ class Source:
         self.report.status = status
         self.report.error = why
         # QEMU's total-time of a migration that did not complete: until it ended.
-        self.report.total_time_ms = self.clock.now_ns / NS_PER_MS
+        self.report.total_time_ms = self._migration_ns() / NS_PER_MS
         self.ram.remaining = self.vm.dirty_pages_pending() * PAGE_SIZE
         log.warning("migration %s: %s", status, why)
         if self.migration_id is not None:
@@ -113,6 +113,11 @@ class Source:
                 await asyncio.wait_for(self.client.cancel(self.migration_id), timeout=5)
             except (DestinationError, TimeoutError, asyncio.CancelledError):
                 pass  # it may be gone already; it discards on its own then
+
+    def _migration_ns(self) -> float:
+        """The clock's now, less the emulator's own checking (digests, verification) when
+        that took real time (wall clock): no migration figure includes it."""
+        return self.clock.now_ns - (self._verify_wall_ns if self.clock.kind == "wall" else 0.0)
 
     def _resume_here(self) -> None:
         """The guest carries on at the source, unthrottled (QEMU's cpu_throttle_stop()
@@ -163,7 +168,7 @@ class Source:
         self.ram.mbps = bandwidth * 8 / 1e6
         self.ram.pages_per_second = traffic.pages * NS_PER_S / max(now - start, 1.0)
         self.ram.remaining = remaining
-        self._record(pass_no, "precopy", start, pending, traffic, harvest, before,
+        self._record(pass_no, "precopy", start, now, pending, traffic, harvest, before,
                      bandwidth, expected)
         if self.auto_converge is not None:
             pct = self.auto_converge.after_sync(now, traffic.bytes, remaining)
@@ -207,15 +212,14 @@ class Source:
         )
         await self.clock.elapse(2 * self.scenario.link.latency_ns)  # COMPLETE there, RESUMED back
         self._verify_wall_ns += float(answer.get("verify-ms", 0.0)) * NS_PER_MS
-        downtime = self.clock.now_ns - paused_at
-        if self.clock.kind == "wall":
-            downtime -= self._verify_wall_ns
+        ended = self._migration_ns()  # once: the wall clock moves on while we write it down
+        downtime = ended - paused_at
         self.report.downtime_ms = downtime / NS_PER_MS
-        self.report.total_time_ms = self.clock.now_ns / NS_PER_MS
+        self.report.total_time_ms = ended / NS_PER_MS
         self.report.verify_wall_ms = self._verify_wall_ns / NS_PER_MS
         self.ram.remaining = 0
         bandwidth = _bandwidth_bps(traffic)
-        self._record(pass_no, "stop-and-copy", paused_at, rest, traffic, harvest, before,
+        self._record(pass_no, "stop-and-copy", paused_at, ended, rest, traffic, harvest, before,
                      bandwidth, downtime)
         self._verdict(answer)
 
@@ -275,7 +279,7 @@ class Source:
 
     # ------------------------------------------------------------------ records
 
-    def _record(self, pass_no: int, phase: str, start: float, pending: np.ndarray,
+    def _record(self, pass_no: int, phase: str, start: float, end: float, pending: np.ndarray,
                 traffic: PassTraffic, harvest: HarvestResult, before: GuestStats,
                 bandwidth: float, expected_ns: float) -> None:
         stats = self.vm.stats
@@ -283,7 +287,7 @@ class Source:
             pass_no=pass_no,
             phase=phase,
             start_ms=start / NS_PER_MS,
-            duration_ms=(self.clock.now_ns - start) / NS_PER_MS,
+            duration_ms=(end - start) / NS_PER_MS,
             dirty_pages=len(pending),
             pages_sent=traffic.pages,
             bytes=traffic.bytes,
