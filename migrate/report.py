@@ -18,11 +18,30 @@ STATUSES = ("completed", "failed", "cancelled")
 
 
 @dataclass
-class RoundRecord(Record):
+class GuestCost(Record):
+    """What the guest paid for dirty tracking over one stretch of the migration."""
+
+    faults: int = 0  # guest write faults (and spte-instantiating page faults)
+    vcpu_stall_ns: float = 0.0  # guest time lost waiting for mmu_lock
+    fault_ns: float = 0.0  # guest time lost in write faults
+
+
+@dataclass
+class SetupRecord(GuestCost):
+    """The setup: dirty logging enabled (every spte write-protected) before the first pass.
+
+    Its faults belong to no round: setup plus the rounds make the guest's totals.
+    """
+
+    harvest: HarvestResult = field(default_factory=HarvestResult)  # enabling dirty logging
+
+
+@dataclass
+class RoundRecord(GuestCost):
     """One precopy pass, or the stop-and-copy, and the sync that ended it."""
 
-    pass_no: int = keyed("round")  # the wire's and the URL's pass; "round" in the report
-    phase: str  # "precopy" | "stop-and-copy"
+    pass_no: int = keyed("round", default=0)  # the wire's and the URL's pass; "round" here
+    phase: str = ""  # "precopy" | "stop-and-copy"
     start_ms: float = keyed("start", default=0.0)
     duration_ms: float = keyed("duration", default=0.0)
     dirty_pages: int = 0  # pages this pass had to send
@@ -30,9 +49,6 @@ class RoundRecord(Record):
     bytes: int = 0
     bandwidth: float = 0.0  # bytes/s over this pass
     expected_downtime_ms: float = keyed("expected-downtime", default=0.0)
-    faults: int = 0  # guest write faults during the pass
-    vcpu_stall_ns: float = 0.0  # guest time lost waiting for mmu_lock
-    fault_ns: float = 0.0  # guest time lost in write faults
     cpu_throttle_percentage: int = 0  # auto-converge's throttle during the pass
     harvest: HarvestResult = field(default_factory=HarvestResult)  # the sync that ended it
 
@@ -85,6 +101,7 @@ class Report(Record):
     wall_time_s: float = 0.0
     verify_wall_ms: float = 0.0  # the emulator's own check, left out of wall-clock downtime
     guest: GuestTotals = field(default_factory=GuestTotals)
+    setup: SetupRecord = field(default_factory=SetupRecord)
     config: dict[str, Any] = field(default_factory=dict)
     rounds: list[RoundRecord] = field(default_factory=list)
 

@@ -48,6 +48,18 @@ def test_default_run_completes_and_verifies(tmp_path):
     assert report["downtime"] < last["expected-downtime"] / 5
     assert report["ram"]["dirty-sync-count"] == len(report["rounds"]) + 1  # + setup sync
     assert Report.from_dict(report).to_dict() == report
+    assert_setup_and_rounds_add_up(report)
+
+
+def assert_setup_and_rounds_add_up(report: dict) -> None:
+    """The setup's write-protect walk makes the guest fault before any round: its record
+    holds those faults, so setup + rounds == the guest's totals."""
+    setup, rounds, guest = report["setup"], report["rounds"], report["guest"]
+    assert setup["faults"] > 0 and setup["harvest"]["strategy"] == "enable-dirty-logging"
+    assert setup["faults"] + sum(r["faults"] for r in rounds) == (
+        guest["write-faults"] + guest["page-faults"])
+    for key in ("fault-ns", "vcpu-stall-ns"):
+        assert setup[key] + sum(r[key] for r in rounds) == pytest.approx(guest[key], abs=1)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from migrate import wire
 from migrate.config import Scenario
 from migrate.digest import page_digests
 from migrate.errors import ProtocolError
-from migrate.report import GuestTotals, Report, RoundRecord
+from migrate.report import GuestCost, GuestTotals, Report, RoundRecord, SetupRecord
 from migrate.source import datapath
 from migrate.source.client import DestinationClient, DestinationError
 from migrate.source.clock import NS_PER_S, make_clock
@@ -130,12 +130,15 @@ class Source:
     async def setup(self) -> np.ndarray:
         """Touch the working set, say hello, enable dirty logging; return the first pass's gfns."""
         self.vm.prefill()
+        before = GuestStats(**asdict(self.vm.stats))  # the setup's share starts here
         self.clock = make_clock(self.scenario.clock, self.bandwidth_bps)  # time starts now
         start = self.clock.now_ns
         self.migration_id = await self.client.hello(self._hello())
         await self.clock.elapse(2 * self.scenario.link.latency_ns)
-        enable = self.vm.enable_dirty_logging()
+        enable = self.vm.enable_dirty_logging()  # the guest runs meanwhile, and faults
         await self.clock.elapse(enable.kernel_ns)
+        self.report.setup = SetupRecord(**self._guest_cost(before),
+                                        harvest=_without_gfns(enable))
         self.ram.dirty_sync_count = 1  # QEMU counts the setup sync
         self._last_sync_ns = self.clock.now_ns
         self.report.setup_time_ms = (self.clock.now_ns - start) / NS_PER_MS
@@ -282,7 +285,6 @@ class Source:
     def _record(self, pass_no: int, phase: str, start: float, end: float, pending: np.ndarray,
                 traffic: PassTraffic, harvest: HarvestResult, before: GuestStats,
                 bandwidth: float, expected_ns: float) -> None:
-        stats = self.vm.stats
         record = RoundRecord(
             pass_no=pass_no,
             phase=phase,
@@ -293,15 +295,18 @@ class Source:
             bytes=traffic.bytes,
             bandwidth=bandwidth,
             expected_downtime_ms=expected_ns / NS_PER_MS,
-            faults=stats.faults - before.faults,
-            vcpu_stall_ns=stats.vcpu_stall_ns - before.vcpu_stall_ns,
-            fault_ns=stats.fault_ns - before.fault_ns,
+            **self._guest_cost(before),
             cpu_throttle_percentage=round(self.vm.throttle * 100),
             harvest=_without_gfns(harvest),
         )
         self.report.rounds.append(record)
         if self.progress is not None:
             self.progress(record)
+
+    def _guest_cost(self, before: GuestStats) -> dict[str, float]:
+        """A GuestCost's fields: what the guest paid since `before` (GuestStats' names)."""
+        return {f.name: getattr(self.vm.stats, f.name) - getattr(before, f.name)
+                for f in fields(GuestCost)}
 
     def _guest_totals(self) -> GuestTotals:
         return GuestTotals(**asdict(self.vm.stats), n_used_mmu_pages=self.vm.mmu.n_used_mmu_pages,
