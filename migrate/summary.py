@@ -5,15 +5,22 @@ from __future__ import annotations
 from migrate.report import Report, RoundRecord
 
 MIB = 1 << 20
+STOP_AND_COPY = "stop-and-copy"
 
 
 def progress_line(r: RoundRecord) -> str:
+    """One pass. A precopy pass's sync finds the next pass's pages and its expected downtime;
+    the stop-and-copy's final sync finds pages it sends itself, and its downtime is measured."""
     h = r.harvest
+    if r.phase == STOP_AND_COPY:
+        found = f"final sync {h.nr_dirty_pages:>8,} dirty (sent in this round), "
+        downtime = f"downtime {r.expected_downtime_ms:>8.1f} ms"
+    else:
+        found = f"next {h.nr_dirty_pages:>8,} dirty, "
+        downtime = f"expected downtime {r.expected_downtime_ms:>8.1f} ms"
     return (
         f"{r.phase:>13} {r.pass_no:>3}: {r.pages_sent:>9,} pages {r.bytes / MIB:>8.1f} MiB "
-        f"in {r.duration_ms:>8.1f} ms ({r.bandwidth / MIB:>6.1f} MiB/s), "
-        f"next {h.nr_dirty_pages:>8,} dirty, "
-        f"expected downtime {r.expected_downtime_ms:>8.1f} ms, "
+        f"in {r.duration_ms:>8.1f} ms ({r.bandwidth / MIB:>6.1f} MiB/s), {found}{downtime}, "
         f"harvest {h.branch or '?'} {round(h.kernel_ns) / 1e3:.1f} us"
     )
 
@@ -63,11 +70,15 @@ def summary_table(report: Report) -> str:
     rows = [
         [str(r.pass_no), r.phase, f"{r.dirty_pages:,}", f"{r.bytes / MIB:,.1f}",
          f"{r.start_ms:,.1f}", f"{r.duration_ms:,.1f}", f"{r.bandwidth / MIB:,.1f}",
-         f"{r.expected_downtime_ms:,.1f}", r.harvest.branch, _us(r.harvest.kernel_ns),
-         f"{r.faults:,}",
+         f"{r.expected_downtime_ms:,.1f}" + ("*" if r.phase == STOP_AND_COPY else ""),
+         r.harvest.branch, _us(r.harvest.kernel_ns), f"{r.faults:,}",
          f"{r.vcpu_stall_ns / 1e6:,.3f}"]
         for r in report.rounds
     ]
     header = ["round", "phase", "pages", "MiB", "start ms", "ms", "MiB/s", "exp. down ms",
               "harvest", "harvest us", "faults", "stall ms"]
-    return "\n".join(lines) + _table(rows, header)
+    notes = []
+    if any(r.phase == STOP_AND_COPY for r in report.rounds):
+        notes.append("* the stop-and-copy's actual downtime (pause to resumed); its pages "
+                     "include those of the final sync")
+    return "\n".join([*lines[:-1], _table(rows, header), *notes])

@@ -1,0 +1,28 @@
+"""What a person reads: the progress lines and the summary table say what the figures are."""
+
+from __future__ import annotations
+
+from migrate.report import Report, RoundRecord
+from migrate.summary import progress_line, summary_table
+from vmmodel import HarvestResult
+
+
+def _report(**fields) -> Report:
+    rounds = [
+        RoundRecord(pass_no=1, phase="precopy", expected_downtime_ms=400.0,
+                    harvest=HarvestResult(branch="walk", nr_dirty_pages=300)),
+        RoundRecord(pass_no=2, phase="stop-and-copy", expected_downtime_ms=62.8,
+                    harvest=HarvestResult(branch="rmap", nr_dirty_pages=5)),
+    ]
+    return Report(status="completed", verified=True, downtime_ms=62.8, rounds=rounds, **fields)
+
+
+def test_the_final_row_says_its_pages_were_sent_and_its_downtime_is_measured():
+    precopy, stop = (progress_line(r) for r in _report().rounds)
+    assert "next      300 dirty" in precopy and "expected downtime" in precopy
+    assert "next" not in stop and "expected" not in stop
+    assert "final sync        5 dirty (sent in this round)" in stop and "downtime     62.8" in stop
+    table = summary_table(_report())
+    stop_row = next(line for line in table.splitlines() if "stop-and-copy" in line)
+    assert "62.8*" in stop_row
+    assert table.splitlines()[-1].startswith("* the stop-and-copy's actual downtime")
