@@ -109,6 +109,11 @@ class Report(Record):
     def ok(self) -> bool:
         return self.status == "completed" and self.verified
 
+    @property
+    def forced(self) -> bool:
+        """Precopy did not converge and on-no-convergence = force switched over anyway."""
+        return self.switchover == "force"
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 

@@ -6,6 +6,15 @@ from migrate.report import Report, RoundRecord
 
 MIB = 1 << 20
 STOP_AND_COPY = "stop-and-copy"
+FORCED = "precopy did not converge: switchover forced"
+
+
+def forced_note(report: Report) -> str:
+    """Why a forced run's downtime is over the limit, in words (empty if it converged)."""
+    if not report.forced:
+        return ""
+    passes = sum(r.phase == "precopy" for r in report.rounds)
+    return f"{FORCED} after {passes} pass{'es' * (passes != 1)} (on-no-convergence = force)"
 
 
 def progress_line(r: RoundRecord) -> str:
@@ -42,8 +51,9 @@ def summary_table(report: Report) -> str:
     mmu = report.config.get("mmu", {})
     workload = report.config.get("guest", {}).get("workload", {})
     verdict = "yes" if report.verified else "NO"
+    why = [text for text in (report.error, forced_note(report)) if text]
     lines = [
-        f"status           {report.status}" + (f" ({report.error})" if report.error else ""),
+        f"status           {report.status}" + (f" ({'; '.join(why)})" if why else ""),
         f"verified         {verdict}"
         + (f", {report.lost_count} lost pages: {report.lost_pages[:10]}"
            + (" ..." if report.lost_count > 10 else "") if report.lost_pages else ""),

@@ -26,3 +26,18 @@ def test_the_final_row_says_its_pages_were_sent_and_its_downtime_is_measured():
     stop_row = next(line for line in table.splitlines() if "stop-and-copy" in line)
     assert "62.8*" in stop_row
     assert table.splitlines()[-1].startswith("* the stop-and-copy's actual downtime")
+
+
+def test_a_forced_switchover_says_precopy_did_not_converge():
+    from migrate.experiments.progress import outcome
+    from migrate.experiments.results import PointResult
+
+    forced, converged = _report(switchover="force"), _report(switchover="switchover")
+    status = summary_table(forced).splitlines()[0]
+    assert status == ("status           completed (precopy did not converge: switchover forced "
+                      "after 1 pass (on-no-convergence = force))")
+    assert summary_table(converged).splitlines()[0] == "status           completed"
+    line = outcome(PointResult(name="p", status="completed", verified=True, report=forced))
+    assert line.startswith("completed (precopy did not converge: switchover forced), verified")
+    line = outcome(PointResult(name="p", status="completed", verified=True, report=converged))
+    assert line.startswith("completed, verified")
