@@ -66,13 +66,16 @@ def summary_table(report: Report) -> str:
         f"transferred      {ram.transferred / MIB:,.1f} MiB: {ram.normal:,} normal pages, "
         f"{ram.duplicate:,} zero pages; precopy {ram.precopy_bytes / MIB:,.1f} MiB, "
         f"downtime {ram.downtime_bytes / MIB:,.1f} MiB"
-        + (f"; lz4 {ram.compression_ratio:.2f}x, {ram.compressed_bytes / MIB:,.1f} MiB "
-           "compressed" if ram.compressed_bytes else ""),
+        # compressed-bytes is the output of lz4 (the batches it shrank), not its input
+        + (f"; lz4 {ram.compression_ratio:.2f}x smaller, the batches it shrank "
+           f"{ram.compressed_bytes / MIB:,.1f} MiB on the wire" if ram.compressed_bytes else ""),
         f"dirty-sync-count {ram.dirty_sync_count}, last pass {ram.mbps:,.1f} Mbit/s, "
         f"dirty rate {ram.dirty_pages_rate:,.0f} pages/s",
         f"guest            {guest.writes:,} writes, {guest.write_faults:,} write faults, "
         f"{round(guest.vcpu_stall_ns) / 1e6:,.2f} ms vCPU stall on mmu_lock"
-        + (f", throttled to {100 - report.cpu_throttle_percentage} % by auto-converge"
+        # QEMU's cpu-throttle-percentage is the share of time taken away from the vCPUs
+        + (f", auto-converge cpu-throttle-percentage {report.cpu_throttle_percentage} % "
+           f"(vCPUs ran {100 - report.cpu_throttle_percentage} % of the time)"
            if report.cpu_throttle_percentage else ""),
         f"wall time        {report.wall_time_s:.2f} s",
         "",

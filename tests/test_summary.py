@@ -41,3 +41,12 @@ def test_a_forced_switchover_says_precopy_did_not_converge():
     assert line.startswith("completed (precopy did not converge: switchover forced), verified")
     line = outcome(PointResult(name="p", status="completed", verified=True, report=converged))
     assert line.startswith("completed, verified")
+
+
+def test_compression_and_throttle_say_what_they_mean():
+    report = _report(cpu_throttle_percentage=40)
+    report.ram.compression_ratio, report.ram.compressed_bytes = 2.02, 422 << 20
+    table = summary_table(report)
+    assert "lz4 2.02x smaller, the batches it shrank 422.0 MiB on the wire" in table
+    assert "cpu-throttle-percentage 40 % (vCPUs ran 60 % of the time)" in table
+    assert "throttled to 60" not in table and "MiB compressed" not in table
