@@ -48,6 +48,7 @@ class RoundRecord(GuestCost):
     pages_sent: int = 0
     bytes: int = 0
     bandwidth: float = 0.0  # bytes/s over this pass
+    # the dirty bytes at the sync / bandwidth; the stop-and-copy's: the measured downtime
     expected_downtime_ms: float = keyed("expected-downtime", default=0.0)
     cpu_throttle_percentage: int = 0  # auto-converge's throttle during the pass
     harvest: HarvestResult = field(default_factory=HarvestResult)  # the sync that ended it

@@ -3,7 +3,8 @@
 Units are in the column names. Times from the report are milliseconds of
 model time (virtual clock) unless a name says otherwise; `wall-time-s` is
 the emulator's own time. `total-time-ms` and `downtime-ms` are left empty
-for a migration that did not complete (the report has no figure for them).
+for a migration that did not complete (it has no downtime, and its
+total-time, the time until it ended, does not compare with a completed one's).
 """
 
 from __future__ import annotations
