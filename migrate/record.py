@@ -1,9 +1,24 @@
-"""Dataclasses that serialise to QEMU's spelling and back, built from `dataclasses.fields`.
+"""Dataclasses to plain dicts in QEMU's spelling and back, built from `dataclasses.fields`.
 
-A field's report key is its `key` metadata, else its name with hyphens, so a
-field list is never kept by hand twice (guestperf's `Scenario.deserialize`
-drifted from `serialize` that way). Nested records and lists of records
-round-trip through their own `to_dict`/`from_dict`.
+The functions work on any dataclass, so vmmodel's own records (`HarvestResult`,
+`GuestStats`) serialise without vmmodel importing migrate: a field says how it
+is reported in plain field metadata, declared once next to the field.
+
+- `"key"`: the dict key; default, the name with hyphens (`nr_dirty_pages` ->
+  `nr-dirty-pages`). QEMU's spellings appear only here.
+- `"skip": True`: not part of the record (a harvest's gfns); it keeps its default
+  when read back.
+- `"whole": True`: written rounded to an integer (nanosecond totals, as QEMU
+  prints its integer counters).
+- `"omit-empty": True`: left out of the dict while empty (a one-slot sync has no
+  per-slot records).
+
+Reading is lenient in one way only, so that old results.jsonl lines keep
+working: a missing key (or a null nested record) takes the field's default,
+and keys no field declares are ignored. Nested dataclasses, and lists or
+tuples of them, round-trip through the same two functions. A field list is
+therefore never kept by hand twice (guestperf's `Scenario.deserialize`
+drifted from `serialize` that way).
 """
 
 from __future__ import annotations
@@ -12,53 +27,93 @@ import dataclasses
 import typing
 from typing import Any, TypeVar
 
-T = TypeVar("T", bound="Record")
+T = TypeVar("T")
+
+KEY, SKIP, WHOLE, OMIT_EMPTY = "key", "skip", "whole", "omit-empty"
 
 
 def keyed(key: str, **kwargs: Any) -> Any:
     """A dataclass field reported under `key` (QEMU's name, with its unit implied)."""
-    return dataclasses.field(metadata={"key": key}, **kwargs)
+    return dataclasses.field(metadata={KEY: key}, **kwargs)
 
 
-def _key(f: dataclasses.Field) -> str:
-    return f.metadata.get("key", f.name.replace("_", "-"))
+def field_key(f: dataclasses.Field) -> str:
+    """The dict key of field `f`."""
+    return f.metadata.get(KEY, f.name.replace("_", "-"))
+
+
+def record_fields(cls: Any) -> tuple[dataclasses.Field, ...]:
+    """The fields of dataclass `cls` (or of an instance) that belong to its record."""
+    return tuple(f for f in dataclasses.fields(cls) if not f.metadata.get(SKIP))
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """The record of dataclass instance `obj` as a plain (JSON-ready) dict."""
+    out: dict[str, Any] = {}
+    for f in record_fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get(OMIT_EMPTY) and not value:
+            continue
+        if f.metadata.get(WHOLE):
+            value = round(value)
+        out[field_key(f)] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """An instance of dataclass `cls` from its record; a missing key takes the default.
+
+    Raise `TypeError` if `data` (or a nested record) is not a dict, or if a field
+    without a default is missing.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected a dict, not {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in record_fields(cls):
+        key = field_key(f)
+        if key not in data:
+            continue
+        value, hint = data[key], hints[f.name]
+        nested = _record_type(hint)
+        if nested is not None:
+            if value is None and not _is_optional(hint):
+                continue  # an old report's null record: the default
+            if isinstance(value, dict):
+                value = from_dict(nested, value)
+            elif isinstance(value, list):
+                items = [from_dict(nested, v) for v in value]
+                value = tuple(items) if typing.get_origin(hint) is tuple else items
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _record_type(hint: Any) -> type | None:
+    """The dataclass in `hint` (`X`, `list[X]`, `tuple[X, ...]`, `X | None`), if any."""
+    for c in (hint, *typing.get_args(hint)):
+        if isinstance(c, type) and dataclasses.is_dataclass(c):
+            return c
+    return None
+
+
+def _is_optional(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
 
 
 class Record:
-    """Mixin for dataclasses: `to_dict()` and `from_dict()`."""
+    """Mixin for migrate's own dataclasses: `to_dict()` and `from_dict()` as methods."""
 
     def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, Record):
-                value = value.to_dict()
-            elif isinstance(value, list):
-                value = [v.to_dict() if isinstance(v, Record) else v for v in value]
-            out[_key(f)] = value
-        return out
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if _key(f) not in data:
-                continue
-            value, hint = data[_key(f)], hints[f.name]
-            record = _record_type(hint)
-            if record is not None and isinstance(value, dict):
-                value = record.from_dict(value)
-            elif record is not None and isinstance(value, list):
-                value = [record.from_dict(v) for v in value]
-            kwargs[f.name] = value
-        return cls(**kwargs)
-
-
-def _record_type(hint: Any) -> type[Record] | None:
-    """The Record class in `hint` (`X`, `list[X]`, `X | None`), if any."""
-    candidates = [hint, *typing.get_args(hint)]
-    for c in candidates:
-        if isinstance(c, type) and issubclass(c, Record):
-            return c
-    return None
+        return from_dict(cls, data)

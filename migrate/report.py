@@ -11,29 +11,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate.record import Record, keyed
+from migrate.record import SKIP, Record, keyed
+from vmmodel import GuestStats, HarvestResult
 
 STATUSES = ("completed", "failed", "cancelled")
 
 
 @dataclass
-class RoundRecord(Record):
+class GuestCost(Record):
+    """What the guest paid for dirty tracking over one stretch of the migration."""
+
+    faults: int = 0  # guest write faults (and spte-instantiating page faults)
+    vcpu_stall_ns: float = 0.0  # guest time lost waiting for mmu_lock
+    fault_ns: float = 0.0  # guest time lost in write faults
+
+
+@dataclass
+class SetupRecord(GuestCost):
+    """The setup: dirty logging enabled (every spte write-protected) before the first pass.
+
+    Its faults belong to no round: setup plus the rounds make the guest's totals.
+    """
+
+    harvest: HarvestResult = field(default_factory=HarvestResult)  # enabling dirty logging
+
+
+@dataclass
+class RoundRecord(GuestCost):
     """One precopy pass, or the stop-and-copy, and the sync that ended it."""
 
-    round: int
-    phase: str  # "precopy" | "stop-and-copy"
-    start_ms: float = keyed("start")
-    duration_ms: float = keyed("duration")
+    pass_no: int = keyed("round", default=0)  # the wire's and the URL's pass; "round" here
+    phase: str = ""  # "precopy" | "stop-and-copy"
+    start_ms: float = keyed("start", default=0.0)
+    duration_ms: float = keyed("duration", default=0.0)
     dirty_pages: int = 0  # pages this pass had to send
     pages_sent: int = 0
     bytes: int = 0
     bandwidth: float = 0.0  # bytes/s over this pass
+    # the dirty bytes at the sync / bandwidth; the stop-and-copy's: the measured downtime
     expected_downtime_ms: float = keyed("expected-downtime", default=0.0)
-    faults: int = 0  # guest write faults during the pass
-    vcpu_stall_ns: float = 0.0  # guest time lost waiting for mmu_lock
-    fault_ns: float = 0.0  # guest time lost in write faults
     cpu_throttle_percentage: int = 0  # auto-converge's throttle during the pass
-    harvest: dict[str, Any] = field(default_factory=dict)
+    harvest: HarvestResult = field(default_factory=HarvestResult)  # the sync that ended it
+
+
+@dataclass
+class GuestTotals(GuestStats, Record):
+    """The report's `guest`: the guest's totals over the whole migration, and its state."""
+
+    zap_flushes: int = field(default=0, metadata={SKIP: True})  # counted in no report yet
+    n_used_mmu_pages: int = 0  # shadow pages in use at the end
+    running: bool = False  # whether the guest runs at the source (a failed or cancelled run)
 
 
 @dataclass
@@ -74,13 +101,19 @@ class Report(Record):
     clock: str = "virtual"
     wall_time_s: float = 0.0
     verify_wall_ms: float = 0.0  # the emulator's own check, left out of wall-clock downtime
-    guest: dict[str, Any] = field(default_factory=dict)
+    guest: GuestTotals = field(default_factory=GuestTotals)
+    setup: SetupRecord = field(default_factory=SetupRecord)
     config: dict[str, Any] = field(default_factory=dict)
     rounds: list[RoundRecord] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.status == "completed" and self.verified
+
+    @property
+    def forced(self) -> bool:
+        """Precopy did not converge and on-no-convergence = force switched over anyway."""
+        return self.switchover == "force"
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -91,7 +124,3 @@ class Report(Record):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(self.to_json() + "\n")
         tmp.replace(path)
-
-    @classmethod
-    def from_json_file(cls, path: str | Path) -> Report:
-        return cls.from_dict(json.loads(Path(path).read_text()))

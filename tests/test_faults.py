@@ -80,7 +80,7 @@ def assert_guest_intact(source: Source, report: Report, seen: dict) -> None:
     """Failed, with a cause; the guest runs at the source, its memory what it wrote."""
     assert report.status == "failed" and report.error
     assert report.verified is False
-    assert report.guest["running"] is True and not source.vm.paused
+    assert report.guest.running is True and not source.vm.paused
     # The source never writes guest memory: it holds exactly what the guest wrote.
     assert np.array_equal(source.vm.pages, guest_truth(source))
     if seen["paused"]:  # struck in stop-and-copy: nothing ran since the pause

@@ -6,19 +6,20 @@ import math
 
 import pytest
 
+from migrate import units
 from migrate.report import Report
 from tests.procs import SMALL, Destination, load_json, precopy
 
-WALL_FIELDS = ("wall-time-s", "verify-wall-ms")
+WALL_FIELDS = ("wall-time-s", "verify-wall-ms", "wall-ns")  # the emulator's own time
 
 
-def _strip_wall(report: dict) -> dict:
-    out = {k: v for k, v in report.items() if k not in WALL_FIELDS}
-    out["rounds"] = [
-        {**r, "harvest": {k: v for k, v in r["harvest"].items() if k != "wall-ns"}}
-        for r in report["rounds"]
-    ]
-    return out
+def _strip_wall(report):
+    """The report without the emulator's own times, at any depth (rounds', setup's harvest)."""
+    if isinstance(report, dict):
+        return {k: _strip_wall(v) for k, v in report.items() if k not in WALL_FIELDS}
+    if isinstance(report, list):
+        return [_strip_wall(v) for v in report]
+    return report
 
 
 def test_default_run_completes_and_verifies(tmp_path):
@@ -47,6 +48,49 @@ def test_default_run_completes_and_verifies(tmp_path):
     assert report["downtime"] < last["expected-downtime"] / 5
     assert report["ram"]["dirty-sync-count"] == len(report["rounds"]) + 1  # + setup sync
     assert Report.from_dict(report).to_dict() == report
+    assert_setup_and_rounds_add_up(report)
+
+
+def assert_setup_and_rounds_add_up(report: dict) -> None:
+    """The setup's write-protect walk makes the guest fault before any round: its record
+    holds those faults, so setup + rounds == the guest's totals."""
+    setup, rounds, guest = report["setup"], report["rounds"], report["guest"]
+    assert setup["faults"] > 0 and setup["harvest"]["strategy"] == "enable-dirty-logging"
+    assert setup["faults"] + sum(r["faults"] for r in rounds) == (
+        guest["write-faults"] + guest["page-faults"])
+    for key in ("fault-ns", "vcpu-stall-ns"):
+        assert setup[key] + sum(r[key] for r in rounds) == pytest.approx(guest[key], abs=1)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """One run of the small scenario: its report and what it printed."""
+    out = tmp_path_factory.mktemp("small") / "small.json"
+    proc = precopy("run", str(SMALL), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return load_json(out), proc.stdout
+
+
+def test_no_round_reports_a_rate_above_the_link(small_run):
+    """The stop-and-copy's device state counts with its bytes and its send time both."""
+    report, _ = small_run
+    link = units.parse_rate(report["config"]["link"]["bandwidth"])
+    stop = report["rounds"][-1]
+    assert stop["phase"] == "stop-and-copy"
+    assert all(r["bandwidth"] <= link for r in report["rounds"])
+    assert stop["bandwidth"] > 0.9 * link  # it does run at the link's speed
+
+
+def test_wall_clock_figures_leave_the_emulators_checking_out(tmp_path):
+    """Digests and verification take real time on the wall clock; no migration figure has it."""
+    out = tmp_path / "wall.json"
+    proc = precopy("run", str(SMALL), "--quiet", "--json", str(out), "--set", "clock=wall")
+    assert proc.returncode == 0, proc.stderr
+    report = load_json(out)
+    stop = report["rounds"][-1]
+    assert report["verify-wall-ms"] > 0
+    assert stop["duration"] == pytest.approx(report["downtime"], rel=1e-9)
+    assert report["total-time"] == pytest.approx(stop["start"] + stop["duration"], rel=1e-9)
 
 
 def test_broken_strategy_is_caught_losing_writes(tmp_path):
@@ -117,6 +161,9 @@ def test_non_converging_workload(tmp_path, policy, status, code):
         assert report["verified"] is False
         assert report["guest"]["running"] is True  # the guest carries on at the source
         assert not any(r["phase"] == "stop-and-copy" for r in report["rounds"])
+        # total-time: until the migration ended, as QEMU reports a cancelled one
+        last = passes[-1]
+        assert report["total-time"] >= last["start"] + last["duration"] > 0
 
 
 def test_exit_2_on_bad_config():
@@ -246,3 +293,4 @@ def test_a_pass_that_outlasts_max_time_is_cut_short(tmp_path):
     report = load_json(out)
     assert report["status"] == "cancelled" and "max-time" in report["error"]
     assert report["guest"]["running"] is True
+    assert report["total-time"] > 2 * 5000  # cancelled past twice max-time, not "0.0 ms"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from migrate.experiments.metrics import COLUMNS
+from migrate.report import Report
 from tests.procs import ROOT, SMALL, precopy
 
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -145,7 +146,7 @@ def test_harvests_expand_a_multi_slot_sync_and_fit_on_ram_only():
     report = {"config": {"mmu": {"shape": "tdp", "strategy": "heuristic"}},
               "rounds": [{"round": 1, "phase": "precopy", "harvest": merged},
                          {"round": 2, "phase": "precopy", "harvest": rec("ram", "walk", 500)}]}
-    hs = harvests(PointResult(name="p", report=report))
+    hs = harvests(PointResult(name="p", report=Report.from_dict(report)))
     assert [(h.slot, h.branch, h.nr_dirty_pages) for h in hs] == [
         ("ram", "rmap", 50), ("vga", "walk", 1000), ("ram", "walk", 500)]
     assert [h.of_ram for h in hs] == [True, False, True]

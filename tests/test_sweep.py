@@ -22,6 +22,7 @@ from migrate.experiments.sweep import (
     toml_value,
     value_label,
 )
+from migrate.report import Report
 from tests.procs import ROOT, SMALL, precopy
 
 # --------------------------------------------------------------------------- names
@@ -325,7 +326,7 @@ def test_experiment_objects_round_trip(tmp_path):
     assert Axis.from_dict(axis.to_dict()) == axis
     result = PointResult(name="a-bw1Gbit", params={"comparison": "a"}, status="completed",
                          verified=True, exit_code=0, wall_time_s=1.5, code="abc",
-                         report={"status": "completed"})
+                         report=Report(status="completed"))
     assert PointResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
 
 
@@ -344,7 +345,7 @@ def _fake(name: str, strategy: str, harvests: list[tuple[str, int, float]],
     report = {"status": "completed", "verified": True, "downtime": 1.0, "total-time": 2.0,
               "config": config, "rounds": rounds, "ram": {}, "guest": {}}
     return PointResult(name=name, params={"mmu.strategy": strategy, "guest.workload.rate": rate},
-                       status="completed", verified=True, report=report)
+                       status="completed", verified=True, report=Report.from_dict(report))
 
 
 def test_crossover_fit_and_the_heuristics_dearer_choices():
@@ -382,7 +383,7 @@ def test_progress_lines_without_a_terminal():
     progress = Progress(3, 1, stream=out, tty=False)
     progress.start("a")
     progress.finish(PointResult(name="a", status="completed", verified=True, wall_time_s=2.0,
-                                report={"downtime": 12.5, "total-time": 2000.0}))
+                                report=Report(downtime_ms=12.5, total_time_ms=2000.0)))
     progress.finish(PointResult(name="b", error="boom"))
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[2/3] a: completed, verified, downtime 12.5 ms")

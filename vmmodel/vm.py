@@ -11,7 +11,7 @@ running. Everything is deterministic for a given seed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,8 +46,9 @@ class GuestStats:
     writes: int = 0
     write_faults: int = 0  # writes to write-protected sptes
     page_faults: int = 0  # writes that had to instantiate an spte
-    fault_ns: float = 0.0  # vCPU time spent in those faults
-    vcpu_stall_ns: float = 0.0  # vCPU time spent waiting for mmu_lock
+    # vCPU time spent in those faults, and waiting for mmu_lock (reported in whole ns)
+    fault_ns: float = field(default=0.0, metadata={"whole": True})
+    vcpu_stall_ns: float = field(default=0.0, metadata={"whole": True})
     zapped_pages: int = 0  # shadow pages zapped to stay under max_mmu_pages
     zap_flushes: int = 0
 

@@ -241,8 +241,8 @@ def strategy_effect(results: list[PointResult], axes: list[str]) -> list[str]:
         done = [r for r in members if r.report is not None and r.status == "completed"]
         if len(done) < 2:
             continue
-        down = {r.params[STRATEGY_AXIS]: r.report["downtime"] for r in done}
-        total = {r.params[STRATEGY_AXIS]: r.report["total-time"] for r in done}
+        down = {r.params[STRATEGY_AXIS]: r.report.downtime_ms for r in done}
+        total = {r.params[STRATEGY_AXIS]: r.report.total_time_ms for r in done}
         spreads.append((label, max(down.values()) - min(down.values()), min(down.values()),
                         max(total.values()) - min(total.values()), min(total.values())))
         verdicts = {converged(r.report) for r in done}

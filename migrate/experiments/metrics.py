@@ -3,7 +3,8 @@
 Units are in the column names. Times from the report are milliseconds of
 model time (virtual clock) unless a name says otherwise; `wall-time-s` is
 the emulator's own time. `total-time-ms` and `downtime-ms` are left empty
-for a migration that did not complete (the report has no figure for them).
+for a migration that did not complete (it has no downtime, and its
+total-time, the time until it ended, does not compare with a completed one's).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from migrate import units
 from migrate.experiments.results import PointResult
+from migrate.report import Report, RoundRecord
 
 PAGE_SIZE = 4096
 
@@ -38,7 +40,7 @@ class Harvest:
     branch: str  # what ran: walk | rmap (several slots: "rmap+walk")
     shape: str
     phase: str  # precopy | stop-and-copy
-    round: int
+    pass_no: int
     nr_dirty_pages: int
     n_used_mmu_pages: int
     modeled_ns: float
@@ -57,8 +59,9 @@ class Harvest:
         return self.nr_dirty_pages / self.n_used_mmu_pages if self.n_used_mmu_pages else 0.0
 
 
-def config_value(report: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    node: Any = report.get("config", {})
+def config_value(report: Report, dotted: str, default: Any = None) -> Any:
+    """The scenario's value at `dotted` (`mmu.strategy`), as the report's config spells it."""
+    node: Any = report.config
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
             return default
@@ -66,7 +69,7 @@ def config_value(report: dict[str, Any], dotted: str, default: Any = None) -> An
     return node
 
 
-def downtime_limit_ms(report: dict[str, Any]) -> float | None:
+def downtime_limit_ms(report: Report) -> float | None:
     text = config_value(report, "migration.downtime-limit")
     try:
         return units.parse_time_ns(text) / 1e6 if text is not None else None
@@ -74,46 +77,44 @@ def downtime_limit_ms(report: dict[str, Any]) -> float | None:
         return None
 
 
-def precopy_passes(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in report.get("rounds", []) if r.get("phase") == "precopy"]
+def precopy_passes(report: Report) -> list[RoundRecord]:
+    return [r for r in report.rounds if r.phase == "precopy"]
 
 
-def converged(report: dict[str, Any]) -> bool | None:
+def converged(report: Report) -> bool | None:
     """Whether precopy converged, as the engine's policy decided (`switchover`).
 
     Reports from before that field existed are judged by the same rule
     (migrate/policy.py): the last pass left no more than the downtime limit's
     worth. None if no pass finished.
     """
-    decision = report.get("switchover")
+    decision = report.switchover
     if decision:
         return None if decision == "continue" else decision == "switchover"
     passes = precopy_passes(report)
     limit = downtime_limit_ms(report)
     if not passes or limit is None:
         return None
-    return float(passes[-1].get("expected-downtime", float("inf"))) <= limit
+    return passes[-1].expected_downtime_ms <= limit
 
 
 def harvests(result: PointResult) -> list[Harvest]:
-    report = result.report or {}
+    report = result.report or Report()
     strategy = config_value(report, "mmu.strategy", "?")
     shape = config_value(report, "mmu.shape", "?")
     out = []
-    for r in report.get("rounds", []):
-        record = r.get("harvest") or {}
+    for r in report.rounds:
         # A sync over several memslots carries each slot's own harvest: the heuristic
         # decides per slot, so each is one point of the crossover.
-        for h in record.get("slots") or [record]:
-            if "modeled-ns" not in h:
-                continue
+        for h in r.harvest.slots or (r.harvest,):
+            if not h.branch:
+                continue  # no harvest record in this round (an old report)
             out.append(Harvest(
-                point=result.name, strategy=h.get("strategy", strategy),
-                branch=h.get("branch", "?"), shape=shape, phase=r.get("phase", "?"),
-                round=int(r.get("round", 0)), nr_dirty_pages=int(h.get("nr-dirty-pages", 0)),
-                n_used_mmu_pages=int(h.get("n-used-mmu-pages", 0)),
-                modeled_ns=float(h["modeled-ns"]), lock_hold_ns=float(h.get("lock-hold-ns", 0)),
-                slot=str(h.get("slot", "")),
+                point=result.name, strategy=h.strategy or strategy, branch=h.branch,
+                shape=shape, phase=r.phase, pass_no=r.pass_no,
+                nr_dirty_pages=h.nr_dirty_pages, n_used_mmu_pages=h.n_used_mmu_pages,
+                modeled_ns=float(round(h.kernel_ns)), lock_hold_ns=float(round(h.lock_hold_ns)),
+                slot=h.slot,
             ))
     return out
 
@@ -126,14 +127,13 @@ def row(result: PointResult, axes: list[str]) -> dict[str, Any]:
     """The point's summary row: name, its axis values, then COLUMNS."""
     out: dict[str, Any] = {"name": result.name}
     out.update({axis: _cell(result.params.get(axis, "")) for axis in axes})
-    report = result.report or {}
-    ram = report.get("ram", {})
-    guest = report.get("guest", {})
-    rounds = report.get("rounds", [])
-    stop = [r for r in rounds if r.get("phase") == "stop-and-copy"]
+    has = result.report is not None
+    report = result.report or Report()
+    ram, guest, rounds = report.ram, report.guest, report.rounds
+    stop = [r for r in rounds if r.phase == "stop-and-copy"]
     branches: dict[str, int] = {}
     for r in rounds:
-        branch = (r.get("harvest") or {}).get("branch")
+        branch = r.harvest.branch
         if branch:
             branches[branch] = branches.get(branch, 0) + 1
     ok = converged(report)
@@ -142,36 +142,36 @@ def row(result: PointResult, axes: list[str]) -> dict[str, Any]:
     if workload == "mix":
         parts = config_value(report, "guest.workload.parts", [])
         workload = "mix(" + "+".join(p.get("kind", "?") for p in parts) + ")"
-    has = result.report is not None
     completed = result.status == "completed"
+    figure = lambda value: value if has else ""  # noqa: E731  (no report, no figure)
     out.update({
         "status": result.status,
         "verified": result.verified,
         "converged": "" if ok is None else ok,
         "precopy-passes": len(precopy_passes(report)) if has else "",
         "rounds": len(rounds) if has else "",
-        "dirty-sync-count": ram.get("dirty-sync-count", ""),
-        "total-time-ms": _round(report.get("total-time"), 3) if completed else "",
-        "setup-time-ms": _round(report.get("setup-time"), 3),
-        "downtime-ms": _round(report.get("downtime"), 3) if completed else "",
-        "expected-downtime-ms": _round(report.get("expected-downtime"), 3),
+        "dirty-sync-count": figure(ram.dirty_sync_count),
+        "total-time-ms": _round(report.total_time_ms, 3) if completed else "",
+        "setup-time-ms": figure(_round(report.setup_time_ms, 3)),
+        "downtime-ms": _round(report.downtime_ms, 3) if completed else "",
+        "expected-downtime-ms": figure(_round(report.expected_downtime_ms, 3)),
         "downtime-limit-ms": "" if limit is None else limit,
-        "transferred-bytes": ram.get("transferred", ""),
-        "precopy-bytes": ram.get("precopy-bytes", ""),
-        "downtime-bytes": ram.get("downtime-bytes", ""),
-        "dirty-pages-rate-pps": _round(ram.get("dirty-pages-rate"), 1),
-        "mbps": _round(ram.get("mbps"), 1),
-        "harvest-modeled-ms": _round(_sum(rounds, "modeled-ns") / 1e6, 6) if has else "",
-        "harvest-downtime-us": _round(_sum(stop, "modeled-ns") / 1e3, 3) if stop else "",
+        "transferred-bytes": figure(ram.transferred),
+        "precopy-bytes": figure(ram.precopy_bytes),
+        "downtime-bytes": figure(ram.downtime_bytes),
+        "dirty-pages-rate-pps": figure(_round(ram.dirty_pages_rate, 1)),
+        "mbps": figure(_round(ram.mbps, 1)),
+        "harvest-modeled-ms": figure(round(_sum(rounds, "kernel_ns") / 1e6, 6)),
+        "harvest-downtime-us": round(_sum(stop, "kernel_ns") / 1e3, 3) if stop else "",
         "harvest-branches": " ".join(f"{b}:{n}" for b, n in branches.items()),
-        "writes": guest.get("writes", ""),
-        "write-faults": guest.get("write-faults", ""),
-        "fault-ms": _ns_to_ms(guest.get("fault-ns")),
-        "vcpu-stall-ms": _ns_to_ms(guest.get("vcpu-stall-ns")),
-        "mmu-lock-hold-ms": _round(_sum(rounds, "lock-hold-ns") / 1e6, 6) if has else "",
-        "lock-acquisitions": int(_sum(rounds, "lock-acquisitions")) if has else "",
-        "tlb-flushes": int(_sum(rounds, "tlb-flushes")) if has else "",
-        "lost-pages": len(report.get("lost-pages", [])) if has else "",
+        "writes": figure(guest.writes),
+        "write-faults": figure(guest.write_faults),
+        "fault-ms": figure(_ns_to_ms(guest.fault_ns)),
+        "vcpu-stall-ms": figure(_ns_to_ms(guest.vcpu_stall_ns)),
+        "mmu-lock-hold-ms": figure(round(_sum(rounds, "lock_hold_ns") / 1e6, 6)),
+        "lock-acquisitions": figure(int(_sum(rounds, "lock_acquisitions"))),
+        "tlb-flushes": figure(int(_sum(rounds, "tlb_flushes"))),
+        "lost-pages": figure(len(report.lost_pages)),
         "strategy": config_value(report, "mmu.strategy", ""),
         "shape": config_value(report, "mmu.shape", ""),
         "memory": config_value(report, "guest.memory", ""),
@@ -183,13 +183,14 @@ def row(result: PointResult, axes: list[str]) -> dict[str, Any]:
     return out
 
 
-def _sum(rounds: list[dict[str, Any]], key: str) -> float:
-    return float(sum((r.get("harvest") or {}).get(key, 0) for r in rounds))
+def _sum(rounds: list[RoundRecord], name: str) -> float:
+    """The rounds' harvests' total of field `name`, in the whole units the report stores."""
+    return float(sum(round(getattr(r.harvest, name)) for r in rounds))
 
 
-def _round(value: Any, digits: int) -> Any:
-    return round(float(value), digits) if isinstance(value, int | float) else ""
+def _round(value: float, digits: int) -> float:
+    return round(float(value), digits)
 
 
-def _ns_to_ms(value: Any) -> Any:
-    return round(float(value) / 1e6, 6) if isinstance(value, int | float) else ""
+def _ns_to_ms(ns: float) -> float:
+    return round(round(ns) / 1e6, 6)

@@ -190,8 +190,8 @@ def _downtime(plt: Any, results: list[PointResult], axes: dict[str, list[Any]],
     bad: list[tuple[float, float, float]] = []
     for i, (label, pts) in enumerate(lines.items()):
         xs = [x for x, _ in pts]
-        down = [r.report["downtime"] for _, r in pts]
-        total = [r.report["total-time"] / 1e3 for _, r in pts]
+        down = [r.report.downtime_ms for _, r in pts]
+        total = [r.report.total_time_ms / 1e3 for _, r in pts]
         style = _style(i)
         down_ax.plot(xs, down, label=label, **style)
         total_ax.plot(xs, total, label=label, **style)
@@ -207,8 +207,8 @@ def _downtime(plt: Any, results: list[PointResult], axes: dict[str, list[Any]],
         down_ax.axhline(limits.pop(), color="black", linestyle="--", linewidth=1,
                         label="downtime-limit")
     xs_all = [x for pts in lines.values() for x, _ in pts]
-    downs = [r.report["downtime"] for pts in lines.values() for _, r in pts]
-    totals = [r.report["total-time"] / 1e3 for pts in lines.values() for _, r in pts]
+    downs = [r.report.downtime_ms for pts in lines.values() for _, r in pts]
+    totals = [r.report.total_time_ms / 1e3 for pts in lines.values() for _, r in pts]
     for ax, values, what in ((down_ax, downs, "downtime (ms, pause to resumed)"),
                              (total_ax, totals, "total time (s, setup to resumed)")):
         _log_if_wide(ax, "x", xs_all, 9.0)
@@ -237,9 +237,9 @@ def _downtime_difference(ax: Any, lines: dict[str, list[tuple[float, PointResult
                          x_title: str, xs_all: list[float]) -> None:
     """Each strategy's downtime minus the first strategy's, at the same x."""
     labels = list(lines)
-    base = {x: r.report["downtime"] for x, r in lines[labels[0]]}
+    base = {x: r.report.downtime_ms for x, r in lines[labels[0]]}
     for i, label in enumerate(labels[1:], start=1):
-        pts = [(x, r.report["downtime"] - base[x]) for x, r in lines[label] if x in base]
+        pts = [(x, r.report.downtime_ms - base[x]) for x, r in lines[label] if x in base]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{label} - {labels[0]}",
                 **_style(i))
     ax.axhline(0, color="black", linewidth=0.8)
@@ -278,11 +278,11 @@ def _convergence(plt: Any, results: list[PointResult], axes: list[str]) -> Any:
             passes = precopy_passes(report)
             if not passes:
                 continue
-            t = [report.get("setup-time", 0.0) / 1e3]
-            left = [report["ram"]["total"] / MIB]
+            t = [report.setup_time_ms / 1e3]
+            left = [report.ram.total / MIB]
             for p in passes:
-                t.append((p["start"] + p["duration"]) / 1e3)
-                left.append(p["harvest"].get("nr-dirty-pages", 0) * PAGE_SIZE / MIB)
+                t.append((p.start_ms + p.duration_ms) / 1e3)
+                left.append(p.harvest.nr_dirty_pages * PAGE_SIZE / MIB)
             color = cmap(i / max(1, len(members) - 1))
             label = series_label(r.params, rest) if rest else r.name
             ax.plot(t, [max(v, 1e-3) for v in left], marker=".", color=color, linewidth=1.2,
@@ -291,8 +291,8 @@ def _convergence(plt: Any, results: list[PointResult], axes: list[str]) -> Any:
             ax.plot(t[-1:], [max(left[-1], 1e-3)], marker="o" if ok else "X",
                     color="tab:red" if ok is False else color, markersize=7, linestyle="none")
             limit = row(r, [])["downtime-limit-ms"]
-            if limit != "" and passes[-1].get("bandwidth"):
-                thresholds.add(round(passes[-1]["bandwidth"] * limit / 1e3 / MIB, 1))
+            if limit != "" and passes[-1].bandwidth:
+                thresholds.add(round(passes[-1].bandwidth * limit / 1e3 / MIB, 1))
         if len(thresholds) == 1:
             ax.axhline(thresholds.pop(), color="black", linestyle="--", linewidth=1,
                        label="switchover threshold: bandwidth x downtime-limit")

@@ -14,6 +14,7 @@ import time
 from typing import TextIO
 
 from migrate.experiments.results import PointResult
+from migrate.summary import FORCED
 
 BAR_WIDTH = 24
 
@@ -31,9 +32,10 @@ def outcome(result: PointResult) -> str:
         return f"ERROR ({result.error})"
     report = result.report
     if result.ok:
-        return (f"completed, verified, downtime {report.get('downtime', 0):,.1f} ms, "
-                f"total {report.get('total-time', 0) / 1e3:,.2f} s")
-    why = f" ({report.get('error')})" if report.get("error") else ""
+        forced = f" ({FORCED})" if report.forced else ""
+        return (f"completed{forced}, verified, downtime {report.downtime_ms:,.1f} ms, "
+                f"total {report.total_time_ms / 1e3:,.2f} s")
+    why = f" ({report.error})" if report.error else ""
     return f"{result.status.upper()}{', not verified' if not result.verified else ''}{why}"
 
 

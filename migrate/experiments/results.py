@@ -24,6 +24,7 @@ from typing import Any
 from migrate.experiments import ExperimentError
 from migrate.experiments.sweep import Point, Sweep
 from migrate.record import Record, keyed
+from migrate.report import Report
 
 RESULTS = "results.jsonl"
 SWEEP = "sweep.json"
@@ -74,7 +75,7 @@ class PointResult(Record):
     exit_code: int | None = None
     error: str | None = None
     code: str = ""  # code_version() of the sweep that ran it
-    report: dict[str, Any] | None = None  # migrate.report.Report.to_dict(), verbatim
+    report: Report | None = None  # the run's report; an old line's missing fields: defaults
 
     @property
     def done(self) -> bool:

@@ -33,6 +33,7 @@ from migrate.experiments.results import (
     now_iso,
 )
 from migrate.experiments.sweep import Point, Sweep, load_sweep
+from migrate.report import Report
 
 EXIT_OK, EXIT_FAILED = 0, 1
 POINT_TIMEOUT_S = 1800.0
@@ -205,15 +206,17 @@ class Runner:
         report = None
         if not timed_out and report_path.is_file():
             try:
-                report = json.loads(report_path.read_text())
-            except ValueError:
-                report = None
+                data = json.loads(report_path.read_text())
+                if isinstance(data, dict) and "status" in data:
+                    report = Report.from_dict(data)
+            except (ValueError, TypeError):
+                report = None  # not a report of ours: the run gave no result
             report_path.unlink(missing_ok=True)
-        if isinstance(report, dict) and "status" in report:
+        if report is not None:
             result.report = report
-            result.status = str(report["status"])
-            result.verified = report.get("verified") is True
-            result.error = report.get("error")
+            result.status = result.report.status
+            result.verified = result.report.verified is True
+            result.error = result.report.error
         else:
             lines = [line for line in stderr.splitlines() if line.strip()]
             result.status = ERROR
@@ -267,7 +270,7 @@ def _check_unchanged(folder: ResultsFolder, points: list[Point], scenarios: dict
         if done is None or done.report is None:
             continue
         now = json.loads(json.dumps(scenarios[point.name].to_dict()))
-        where = first_difference(done.report.get("config", {}), now)
+        where = first_difference(done.report.config, now)
         if where is not None:
             raise ExperimentError(
                 f"--out {folder.path}: point {point.name} was run there with a different "

@@ -123,9 +123,10 @@ async def send_pass(
             await channel.send(frame.parts)
             if not batches % YIELD_EVERY_BATCHES:  # a send the socket takes at once never yields
                 await asyncio.sleep(0)
+        # END_OF_PASS is control, as hello is: neither its bytes nor its time are the pass's
+        # (counting its bytes alone put every pass's rate above the link).
         end = wire.encode_control(wire.MsgType.END_OF_PASS, pass_no,
                                   {"pages": sent, "channel": index, "channels": n_channels})
-        traffic.bytes += len(end)
         answer = await channel.finish(end)
         if answer.get("pages") != sent:
             raise DestinationError(f"pass {pass_no}, channel {index}: the destination stored "

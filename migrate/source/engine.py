@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from migrate import wire
 from migrate.config import Scenario
 from migrate.digest import page_digests
 from migrate.errors import ProtocolError
-from migrate.report import Report, RoundRecord
+from migrate.report import GuestCost, GuestTotals, Report, RoundRecord, SetupRecord
 from migrate.source import datapath
 from migrate.source.client import DestinationClient, DestinationError
 from migrate.source.clock import NS_PER_S, make_clock
@@ -70,21 +70,21 @@ class Source:
         wall_start = time.perf_counter()
         try:
             pending = await self.setup()
-            iteration = 1
+            pass_no = 1
             while True:
-                pending, figures = await self.iterate(iteration, pending)
+                pending, figures = await self.iterate(pass_no, pending)
                 decision = decide(figures, **self._policy())
                 self.report.switchover = decision.value
                 if decision is Decision.CANCEL:
                     raise MigrationCancelled(
-                        f"no convergence after {iteration} passes (on-no-convergence = cancel)"
+                        f"no convergence after {pass_no} passes (on-no-convergence = cancel)"
                     )
                 if decision is not Decision.CONTINUE:
                     if decision is Decision.FORCE:
-                        log.info("no convergence after %d passes: forcing switchover", iteration)
+                        log.info("no convergence after %d passes: forcing switchover", pass_no)
                     break
-                iteration += 1
-            await self.stop_and_copy(iteration + 1, pending)
+                pass_no += 1
+            await self.stop_and_copy(pass_no + 1, pending)
         except (MigrationCancelled, asyncio.CancelledError) as err:
             await self._abort("cancelled", str(err) or "cancelled by the user")
         except (DestinationError, ProtocolError, OSError) as err:
@@ -103,10 +103,11 @@ class Source:
 
     async def _abort(self, status: str, why: str) -> None:
         """Leave the guest running here, intact, and tell the destination to discard."""
-        self.vm.resume()
-        self.vm.set_throttle(0.0)  # QEMU's cpu_throttle_stop() when a migration ends
+        self._resume_here()
         self.report.status = status
         self.report.error = why
+        # QEMU's total-time of a migration that did not complete: until it ended.
+        self.report.total_time_ms = self._migration_ns() / NS_PER_MS
         self.ram.remaining = self.vm.dirty_pages_pending() * PAGE_SIZE
         log.warning("migration %s: %s", status, why)
         if self.migration_id is not None:
@@ -115,18 +116,32 @@ class Source:
             except (DestinationError, TimeoutError, asyncio.CancelledError):
                 pass  # it may be gone already; it discards on its own then
 
+    def _migration_ns(self) -> float:
+        """The clock's now, less the emulator's own checking (digests, verification) when
+        that took real time (wall clock): no migration figure includes it."""
+        return self.clock.now_ns - self.clock.host_ns_seen(self._verify_wall_ns)
+
+    def _resume_here(self) -> None:
+        """The guest carries on at the source, unthrottled (QEMU's cpu_throttle_stop()
+        when a migration ends without the destination resuming)."""
+        self.vm.resume()
+        self.vm.set_throttle(0.0)
+
     # ------------------------------------------------------------------ steps
 
     async def setup(self) -> np.ndarray:
         """Touch the working set, say hello, enable dirty logging; return the first pass's gfns."""
         self.vm.prefill()
+        before = GuestStats(**asdict(self.vm.stats))  # the setup's share starts here
         self.clock = make_clock(self.scenario.clock)  # time starts now
         self.link = Link(self.clock, self.bandwidth_bps)
         start = self.clock.now_ns
         self.migration_id = await self.client.hello(self._hello())
         await self.clock.elapse(2 * self.scenario.link.latency_ns)
-        enable = self.vm.enable_dirty_logging()
+        enable = self.vm.enable_dirty_logging()  # the guest runs meanwhile, and faults
         await self.clock.elapse(enable.kernel_ns)
+        self.report.setup = SetupRecord(**self._guest_cost(before),
+                                        harvest=_without_gfns(enable))
         self.ram.dirty_sync_count = 1  # QEMU counts the setup sync
         self._last_sync_ns = self.clock.now_ns
         self.report.setup_time_ms = (self.clock.now_ns - start) / NS_PER_MS
@@ -141,31 +156,31 @@ class Source:
             "vcpus": self.scenario.guest.vcpus,
         }
 
-    async def iterate(self, iteration: int, pending: np.ndarray) -> tuple[np.ndarray, PassFigures]:
+    async def iterate(self, pass_no: int, pending: np.ndarray) -> tuple[np.ndarray, PassFigures]:
         """Send one pass, then sync; return the next pass's gfns and the figures to decide on."""
         start = self.clock.now_ns
         before = GuestStats(**asdict(self.vm.stats))
-        traffic = await self.send_pages(iteration, pending)
+        traffic = await self.send_pages(pass_no, pending)
         self.ram.precopy_bytes += traffic.bytes
         harvest = await self.sync()
         now = self.clock.now_ns
         # QEMU's dirty-pages-rate: distinct pages dirtied between two syncs, per second.
         self.ram.dirty_pages_rate = len(harvest.gfns) * NS_PER_S / max(now - self._last_sync_ns, 1)
         self._last_sync_ns = now
-        bandwidth = traffic.bytes * NS_PER_S / traffic.send_ns if traffic.send_ns else 0.0
+        bandwidth = _bandwidth_bps(traffic)
         remaining = len(harvest.gfns) * PAGE_SIZE
         expected = remaining * NS_PER_S / bandwidth if bandwidth else float("inf")
         self.report.expected_downtime_ms = expected / NS_PER_MS
         self.ram.mbps = bandwidth * 8 / 1e6
         self.ram.pages_per_second = traffic.pages * NS_PER_S / max(now - start, 1.0)
         self.ram.remaining = remaining
-        self._record(iteration, "precopy", start, pending, traffic, harvest, before,
+        self._record(pass_no, "precopy", start, now, pending, traffic, harvest, before,
                      bandwidth, expected)
         if self.auto_converge is not None:
             pct = self.auto_converge.after_sync(now, traffic.bytes, remaining)
             self.vm.set_throttle(pct / 100)  # the vCPUs run (100 - pct) % of the time from now
             self.report.cpu_throttle_percentage = pct
-        figures = PassFigures(iteration, remaining, bandwidth, now)
+        figures = PassFigures(pass_no, remaining, bandwidth, now)
         return harvest.gfns, figures
 
     async def sync(self) -> HarvestResult:
@@ -189,8 +204,11 @@ class Source:
         rest = np.union1d(pending, harvest.gfns)
         traffic = await self.send_pages(pass_no, rest)
         device_state = self._device_state()
-        await self.link.transfer(len(device_state))
+        # The device state is part of the round: its bytes and its time on the link both.
+        sent_at = self.clock.now_ns
+        await self.link.transfer(len(device_state) + wire.HEADER_SIZE)
         traffic.bytes += len(device_state) + wire.HEADER_SIZE
+        traffic.send_ns += self.clock.now_ns - sent_at
         self.ram.downtime_bytes = traffic.bytes
         wall = time.perf_counter_ns()
         digests = page_digests(self.vm.pages)  # the emulator's check, not migration work
@@ -200,14 +218,14 @@ class Source:
         )
         await self.clock.elapse(2 * self.scenario.link.latency_ns)  # COMPLETE there, RESUMED back
         self._verify_wall_ns += float(answer.get("verify-ms", 0.0)) * NS_PER_MS
-        # The emulator's own checking is no migration work: take out what the clock saw of it.
-        downtime = self.clock.now_ns - paused_at - self.clock.host_ns_seen(self._verify_wall_ns)
+        ended = self._migration_ns()  # once: the wall clock moves on while we write it down
+        downtime = ended - paused_at
         self.report.downtime_ms = downtime / NS_PER_MS
-        self.report.total_time_ms = self.clock.now_ns / NS_PER_MS
+        self.report.total_time_ms = ended / NS_PER_MS
         self.report.verify_wall_ms = self._verify_wall_ns / NS_PER_MS
         self.ram.remaining = 0
-        bandwidth = traffic.bytes * NS_PER_S / traffic.send_ns if traffic.send_ns else 0.0
-        self._record(pass_no, "stop-and-copy", paused_at, rest, traffic, harvest, before,
+        bandwidth = _bandwidth_bps(traffic)
+        self._record(pass_no, "stop-and-copy", paused_at, ended, rest, traffic, harvest, before,
                      bandwidth, downtime)
         self._verdict(answer)
 
@@ -221,9 +239,7 @@ class Source:
         if verified:
             self.report.status = "completed"
             return
-        # The destination did not resume: the guest carries on here, unthrottled.
-        self.vm.resume()
-        self.vm.set_throttle(0.0)
+        self._resume_here()  # the destination did not resume
         self.report.status = "failed"
         self.report.error = (f"verification failed: {self.report.lost_count} pages at the "
                              "destination differ from the source (lost writes)")
@@ -269,36 +285,48 @@ class Source:
 
     # ------------------------------------------------------------------ records
 
-    def _record(self, round_no: int, phase: str, start: float, pending: np.ndarray,
+    def _record(self, pass_no: int, phase: str, start: float, end: float, pending: np.ndarray,
                 traffic: PassTraffic, harvest: HarvestResult, before: GuestStats,
                 bandwidth: float, expected_ns: float) -> None:
-        stats = self.vm.stats
         record = RoundRecord(
-            round=round_no,
+            pass_no=pass_no,
             phase=phase,
             start_ms=start / NS_PER_MS,
-            duration_ms=(self.clock.now_ns - start) / NS_PER_MS,
+            duration_ms=(end - start) / NS_PER_MS,
             dirty_pages=len(pending),
             pages_sent=traffic.pages,
             bytes=traffic.bytes,
             bandwidth=bandwidth,
             expected_downtime_ms=expected_ns / NS_PER_MS,
-            faults=stats.faults - before.faults,
-            vcpu_stall_ns=stats.vcpu_stall_ns - before.vcpu_stall_ns,
-            fault_ns=stats.fault_ns - before.fault_ns,
+            **self._guest_cost(before),
             cpu_throttle_percentage=round(self.vm.throttle * 100),
-            harvest=harvest.to_dict(),
+            harvest=_without_gfns(harvest),
         )
         self.report.rounds.append(record)
         if self.progress is not None:
             self.progress(record)
 
-    def _guest_totals(self) -> dict:
-        s = self.vm.stats
-        return {"writes": s.writes, "write-faults": s.write_faults, "page-faults": s.page_faults,
-                "fault-ns": round(s.fault_ns), "vcpu-stall-ns": round(s.vcpu_stall_ns),
-                "zapped-pages": s.zapped_pages, "n-used-mmu-pages": self.vm.n_used_mmu_pages,
-                "running": not self.vm.paused}
+    def _guest_cost(self, before: GuestStats) -> dict[str, float]:
+        """A GuestCost's fields: what the guest paid since `before` (GuestStats' names)."""
+        return {f.name: getattr(self.vm.stats, f.name) - getattr(before, f.name)
+                for f in fields(GuestCost)}
+
+    def _guest_totals(self) -> GuestTotals:
+        return GuestTotals(**asdict(self.vm.stats), n_used_mmu_pages=self.vm.n_used_mmu_pages,
+                           running=not self.vm.paused)
+
+
+def _bandwidth_bps(traffic: PassTraffic) -> float:
+    """Bytes per second while the pass was on the wire (QEMU's bandwidth: sent / time)."""
+    return traffic.bytes * NS_PER_S / traffic.send_ns if traffic.send_ns else 0.0
+
+
+def _without_gfns(harvest: HarvestResult) -> HarvestResult:
+    """The harvest's record for the report: its figures, not its (possibly huge) gfn array."""
+    return replace(harvest, gfns=_NO_GFNS, slots=tuple(_without_gfns(h) for h in harvest.slots))
+
+
+_NO_GFNS = np.empty(0, dtype=np.int64)
 
 
 async def migrate(scenario: Scenario, dest_url: str, *, token: str | None = None,

@@ -22,7 +22,7 @@ class Decision(enum.Enum):
 
 @dataclass(frozen=True)
 class PassFigures:
-    iteration: int  # passes done, the first (full) pass included
+    pass_no: int  # passes done, the first (full) pass included
     remaining_bytes: int
     bandwidth_bps: float
     elapsed_ns: float  # since the migration started
@@ -36,7 +36,7 @@ def decide(figures: PassFigures, *, downtime_limit_ns: int, max_iterations: int,
            max_time_ns: int, on_no_convergence: str) -> Decision:
     if figures.remaining_bytes <= threshold_bytes(figures.bandwidth_bps, downtime_limit_ns):
         return Decision.SWITCHOVER
-    if figures.iteration >= max_iterations or figures.elapsed_ns >= max_time_ns:
+    if figures.pass_no >= max_iterations or figures.elapsed_ns >= max_time_ns:
         return Decision.FORCE if on_no_convergence == "force" else Decision.CANCEL
     return Decision.CONTINUE
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -55,44 +55,29 @@ class Kvm(Protocol):
 
 @dataclass(frozen=True)
 class HarvestResult:
-    """What one harvest returned and what it cost."""
+    """What one harvest returned and what it cost.
 
-    gfns: np.ndarray  # the dirty gfns harvested (global), sorted
-    strategy: str
-    branch: str  # what actually ran: "walk" or "rmap" (the heuristic's choice)
-    kernel_ns: float  # modeled kernel time
-    wall_ns: int  # the emulator's own time
+    The field metadata is the report's spelling (read by migrate.record, which
+    vmmodel never imports): the gfns stay out of the record, ns totals are whole.
+    """
+
+    gfns: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64),
+                             compare=False, metadata={"skip": True})  # dirty gfns, sorted
+    strategy: str = ""
+    branch: str = ""  # what actually ran: "walk" or "rmap" (the heuristic's choice)
+    kernel_ns: float = field(default=0.0, metadata={"key": "modeled-ns", "whole": True})
+    wall_ns: int = 0  # the emulator's own time
     sptes_visited: int = 0
     shadow_pages_visited: int = 0
     rmap_steps: int = 0
     lock_acquisitions: int = 0
-    lock_hold_ns: float = 0.0
+    lock_hold_ns: float = field(default=0.0, metadata={"whole": True})
     tlb_flushes: int = 0
     nr_dirty_pages: int = 0  # bits set when the harvest started
     n_used_mmu_pages: int = 0  # shadow pages in use when it started
     slot: str = ""  # the memslot's name ("ram+vga" for a sync over both)
-    slots: tuple[HarvestResult, ...] = ()  # a sync over several slots: each one's own record
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report's `harvest` record (without the gfns), in its spelling."""
-        record = {
-            "slot": self.slot,
-            "strategy": self.strategy,
-            "branch": self.branch,
-            "modeled-ns": round(self.kernel_ns),
-            "wall-ns": self.wall_ns,
-            "sptes-visited": self.sptes_visited,
-            "shadow-pages-visited": self.shadow_pages_visited,
-            "rmap-steps": self.rmap_steps,
-            "lock-acquisitions": self.lock_acquisitions,
-            "lock-hold-ns": round(self.lock_hold_ns),
-            "tlb-flushes": self.tlb_flushes,
-            "nr-dirty-pages": self.nr_dirty_pages,
-            "n-used-mmu-pages": self.n_used_mmu_pages,
-        }
-        if self.slots:  # the heuristic decides per slot: keep each decision visible
-            record["slots"] = [r.to_dict() for r in self.slots]
-        return record
+    # A sync over several slots: each one's own record (the heuristic decides per slot).
+    slots: tuple[HarvestResult, ...] = field(default=(), metadata={"omit-empty": True})
 
     @classmethod
     def merge(cls, results: list[HarvestResult]) -> HarvestResult:
