@@ -115,8 +115,8 @@ def _title(fig: Any, text: str) -> None:
 
 def _subtitle(fig: Any, results: list[PointResult]) -> Any:
     """The config line at the foot of the figure; return its `Text`."""
-    return fig.text(0.5, 0.005, _wrap(fig, analysis.describe_config(results), 8), ha="center",
-             va="bottom", fontsize=8, color="0.35")
+    return fig.text(0.5, 0.005, _wrap(fig, analysis.describe_config(results), 8),
+                    ha="center", va="bottom", fontsize=8, color="0.35")
 
 
 def _layout(fig: Any, footer: Any) -> None:
@@ -180,7 +180,7 @@ def _value_order(axes: dict[str, list[Any]], rest: list[str]) -> Any:
     Colours run along a colour map in this order, so that the darkest is the smallest
     value, whatever order the sweep file lists them in.
     """
-    numeric = {a: axis_numbers(a, [v for v in axes.get(a, [])]) is not None for a in rest}
+    numeric = {a: axis_numbers(a, list(axes.get(a, []))) is not None for a in rest}
 
     def key(r: PointResult) -> tuple:
         parts = []
