@@ -148,10 +148,12 @@ def _log_ticks(lo: float, hi: float, subs: tuple[float, ...]) -> tuple[float, fl
 def _label_log_axes(fig: Any) -> None:
     """Every log axis of *fig* ends on labelled ticks, so its top and bottom can be read.
 
-    Within three decades the ticks go 1-2-5, beyond that by decades; the limits widen
-    to the next tick out, and minor ticks stay unlabelled.
+    The limits widen to the next 1-2-5 value out. Within three decades every 1-2-5 value
+    is a labelled tick; beyond, the two ends and the decades between them (not those
+    within a factor 2.5 of an end, whose labels would collide). Minor ticks stay
+    unlabelled.
     """
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
     for ax in fig.axes:
         for axis, get, set_ in ((ax.xaxis, ax.get_xlim, ax.set_xlim),
@@ -161,9 +163,15 @@ def _label_log_axes(fig: Any) -> None:
             lo, hi = sorted(get())
             if not (0 < lo < hi and math.isfinite(hi)):
                 continue
-            subs = (1.0, 2.0, 5.0) if math.log10(hi / lo) <= 3 else (1.0,)
-            set_(*_log_ticks(lo, hi, subs))
-            axis.set_major_locator(LogLocator(base=10, subs=subs))
+            lo, hi = _log_ticks(lo, hi, (1.0, 2.0, 5.0))
+            set_(lo, hi)
+            if math.log10(hi / lo) <= 3:
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            else:
+                decades = [10.0 ** k for k in range(math.ceil(math.log10(lo)),
+                                                    math.floor(math.log10(hi)) + 1)]
+                inner = [d for d in decades if d / lo >= 2.5 and hi / d >= 2.5]
+                axis.set_major_locator(FixedLocator([lo, *inner, hi]))
             axis.set_major_formatter(FuncFormatter(_plain))
             axis.set_minor_formatter(NullFormatter())
 
