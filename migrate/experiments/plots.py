@@ -130,8 +130,8 @@ def _layout(fig: Any, footer: Any) -> None:
 
 
 def _plain(v: float, _: Any = None) -> str:
-    """Tick labels "0.1", "10", "200" rather than powers of ten."""
-    return f"{v:g}"
+    """Tick labels "0.1", "10", "1000000" rather than powers of ten."""
+    return f"{v:.12g}"
 
 
 def _log_ticks(lo: float, hi: float, subs: tuple[float, ...]) -> tuple[float, float]:
@@ -395,13 +395,15 @@ def _convergence(plt: Any, results: list[PointResult], axes: dict[str, list[Any]
     panel_axis = _panel_axis(list(axes), results)
     panels = group_by(results, [panel_axis]) if panel_axis else {"": results}
     rest = _varied(axes, panel_axis)
-    fig, axs = plt.subplots(1, len(panels), figsize=(max(9.0, 4.6 * len(panels) + 1.5), 4.8),
+    fig, axs = plt.subplots(1, len(panels), figsize=(max(9.0, 4.6 * len(panels) + 3), 4.8),
                             squeeze=False, sharey=True)
+    # one colour per series across the panels, which share one legend
+    series = _ordered_series(results, axes, rest)
+    color_of = dict(zip(series, _ranked_colors(plt, len(series)), strict=True))
     for ax, (panel, members) in zip(axs[0], panels.items(), strict=True):
         thresholds = set()
-        members = sorted(members, key=_value_order(axes, rest))
-        colors = _ranked_colors(plt, len(members))
-        for r, color in zip(members, colors, strict=True):
+        for r in sorted(members, key=_value_order(axes, rest)):
+            color = color_of[series_label(r.params, rest)]
             report = r.report
             passes = precopy_passes(report)
             if not passes:
@@ -427,8 +429,15 @@ def _convergence(plt: Any, results: list[PointResult], axes: dict[str, list[Any]
         ax.set_xlabel("time since the migration started (s)")
         ax.set_title(f"{panel_axis}: {panel}" if panel_axis else "every point", fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2 if len(members) > 10 else 1,
-                  title=" / ".join(rest) if rest else None, title_fontsize=7)
+    # outside the panels, where it hides no line
+    entries: dict[str, Any] = {}
+    for ax in axs[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    axs[0][-1].legend(list(entries.values()), list(entries), fontsize=8,
+                      ncol=2 if len(entries) > 16 else 1,
+                      title=" / ".join(rest) if rest else None, title_fontsize=8,
+                      bbox_to_anchor=(1.02, 1), loc="upper left")
     axs[0][0].set_ylabel("dirty memory left to send at each sync (MiB)")
     _title(fig, "Convergence, pass by pass: the first pass sends all RAM; a red X marks a "
            "point forced to stop-and-copy")
