@@ -239,7 +239,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UsageError(f"--size: {err}") from None
     result = bench.run(quick=args.quick, **options)
     print(json.dumps(result, indent=2) if args.json else bench.format_table(result))
-    return EXIT_OK
+    return bench.exit_code(result)  # 1 when a full run missed a target
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -307,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="require this token (default: $PRECOPY_TOKEN)")
     p.set_defaults(func=cmd_dest)
 
-    p = sub.add_parser("bench", help="measure the emulator itself")
+    p = sub.add_parser("bench", help="measure the emulator itself",
+                       description="Exit status: 0, or 1 when a full run missed a target "
+                                   "(a --quick run judges none), 2 for bad usage.")
     p.add_argument("what", choices=["mmu", "wire"], help="which benchmark")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")

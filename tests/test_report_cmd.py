@@ -150,3 +150,133 @@ def test_harvests_expand_a_multi_slot_sync_and_fit_on_ram_only():
     assert [(h.slot, h.branch, h.nr_dirty_pages) for h in hs] == [
         ("ram", "rmap", 50), ("vga", "walk", 1000), ("ram", "walk", 500)]
     assert [h.of_ram for h in hs] == [True, False, True]
+
+
+# --- what a reader of the plots trips over (issue 10.19) ------------------------------------
+
+
+def _figures(swept: Path, *, reverse: bool, one_shape: bool = False) -> dict:
+    """Every figure `report` draws for the fixture's sweep, the rate axis listed largest
+    first in the sweep (and the results in that order) when *reverse*, with an axis of one
+    value (`mmu.shape` = tdp) first when *one_shape*."""
+    import dataclasses
+
+    from migrate.experiments import plots
+    from migrate.experiments.report import load
+    from migrate.experiments.results import ResultsFolder
+
+    axes, results, _, _ = load(ResultsFolder(swept))
+    if reverse:
+        axes = {a: list(reversed(v)) if a == "guest.workload.rate" else v
+                for a, v in axes.items()}
+        results = list(reversed(results))
+    if one_shape:
+        axes = {"mmu.shape": ["tdp"], **axes}
+        results = [dataclasses.replace(r, params={"mmu.shape": "tdp", **r.params})
+                   for r in results]
+    return dict(plots.figures(results, axes, "guest.workload.rate"))
+
+
+@pytest.fixture(scope="module")
+def figures(swept):
+    import matplotlib.pyplot as plt
+
+    figs = _figures(swept, reverse=True)
+    yield figs
+    for fig in figs.values():
+        plt.close(fig)
+
+
+def test_every_plot_is_drawn(figures):
+    assert set(figures) == set(PLOTS)
+
+
+def test_titles_and_footers_fit_in_the_figure(figures):
+    # the fixture's sweep has one MMU shape: a one-panel crossover.png, whose long title
+    # and config line were cut at both sides
+    assert len(figures["crossover.png"].axes) == 1
+    for name, fig in figures.items():
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        texts = list(dict.fromkeys([*fig.texts, fig._suptitle]))  # the title, the config
+        assert len(texts) == 2 and all(t is not None and t.get_text() for t in texts), name
+        for text in texts:
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (name, text.get_text())
+            assert box.y0 >= 0 and box.y1 <= fig.bbox.height, (name, text.get_text())
+
+
+def test_every_log_axis_ends_on_labelled_ticks(figures):
+    seen = 0
+    for name, fig in figures.items():
+        fig.canvas.draw()
+        for ax in fig.axes:
+            for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+                if axis.get_scale() != "log":
+                    continue
+                ticks = axis.get_major_ticks()
+                if not any(tick.label1.get_visible() for tick in ticks):
+                    continue  # a shared axis, labelled on its neighbour's panel
+                seen += 1
+                labelled = {tick.get_loc() for tick in ticks
+                            if tick.label1.get_visible() and tick.label1.get_text()}
+                for end in limits:
+                    assert any(abs(end - loc) <= 1e-9 * end for loc in labelled), (name, end)
+    assert seen >= 3  # crossover's two axes, convergence's y at least
+
+
+def _legend(ax) -> list[tuple[str, tuple]]:
+    from matplotlib.colors import to_rgba
+
+    legend = ax.get_legend()
+    out = []
+    for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=True):
+        color = handle.get_facecolor() if hasattr(handle, "get_facecolor") else None
+        if hasattr(handle, "get_color") and not hasattr(handle, "get_height"):
+            color = handle.get_color()
+        out.append((text.get_text(), to_rgba(color)))
+    return out
+
+
+def test_colours_run_with_the_values_not_the_sweep_files_order(figures):
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("viridis")
+    expected = [f"{c}-rate{r}" for c in ("ok", "stuck") for r in (4000, 40000)]
+    ramp = [cmap(i / (len(expected) - 1)) for i in range(len(expected))]
+    for name in ("convergence.png", "guest-cost.png"):
+        fig = figures[name]
+        legends = [ax for ax in fig.axes if ax.get_legend() is not None]
+        assert legends, name
+        for ax in legends:
+            entries = [(label, color) for label, color in _legend(ax) if label in expected]
+            assert [label for label, _ in entries] == expected, name
+            assert [color for _, color in entries] == ramp, name
+
+
+def test_an_axis_of_one_value_names_no_series(swept):
+    import matplotlib.pyplot as plt
+
+    plain, one = _figures(swept, reverse=False), _figures(swept, reverse=False, one_shape=True)
+    try:
+        for name in ("downtime.png", "convergence.png", "guest-cost.png"):
+            labels = [[label for label, _ in _legend(ax)] for ax in one[name].axes
+                      if ax.get_legend() is not None]
+            assert labels == [[label for label, _ in _legend(ax)] for ax in plain[name].axes
+                              if ax.get_legend() is not None], name
+            assert not any(label.startswith("tdp") for group in labels for label in group)
+    finally:
+        for fig in [*plain.values(), *one.values()]:
+            plt.close(fig)
+
+
+def test_the_guest_cost_legend_is_readable(figures):
+    legend = figures["guest-cost.png"].axes[-1].get_legend()
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 8
+
+
+def test_plural():
+    from migrate.experiments.plots import plural
+
+    assert plural(1, "harvest") == "1 harvest"
+    assert plural(0, "harvest") == "0 harvests" and plural(2, "harvest") == "2 harvests"

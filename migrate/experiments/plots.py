@@ -14,11 +14,20 @@
 
 from __future__ import annotations
 
+import math
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from migrate.experiments import analysis
-from migrate.experiments.analysis import STRATEGY_AXIS, axis_scale, group_by, series_label
+from migrate.experiments.analysis import (
+    STRATEGY_AXIS,
+    axis_numbers,
+    axis_scale,
+    group_by,
+    series_label,
+)
 from migrate.experiments.metrics import config_value, converged, harvests, precopy_passes, row
 from migrate.experiments.results import PointResult
 from migrate.experiments.sweep import COMPARISON
@@ -40,6 +49,23 @@ def _pyplot() -> Any:
     return plt
 
 
+def figures(results: list[PointResult], axes: dict[str, list[Any]],
+            x_axis: str | None) -> Iterator[tuple[str, Any]]:
+    """Each plot the results support, as (file name, figure); the caller closes it.
+
+    Raise `ImportError` if matplotlib is not installed.
+    """
+    plt = _pyplot()
+    done = [r for r in results if r.report is not None]
+    for name, draw in (("crossover.png", lambda: _crossover(plt, done)),
+                       ("downtime.png", lambda: _downtime(plt, done, axes, x_axis)),
+                       ("convergence.png", lambda: _convergence(plt, done, axes)),
+                       ("guest-cost.png", lambda: _guest_cost(plt, done, axes))):
+        fig = draw()
+        if fig is not None:
+            yield name, fig
+
+
 def write_plots(folder: Path, results: list[PointResult], axes: dict[str, list[Any]],
                 x_axis: str | None) -> list[Path]:
     """Draw every plot the results support; return the files written.
@@ -47,15 +73,8 @@ def write_plots(folder: Path, results: list[PointResult], axes: dict[str, list[A
     Raise `ImportError` if matplotlib is not installed.
     """
     plt = _pyplot()
-    done = [r for r in results if r.report is not None]
     written = []
-    for name, draw in (("crossover.png", lambda: _crossover(plt, done)),
-                       ("downtime.png", lambda: _downtime(plt, done, axes, x_axis)),
-                       ("convergence.png", lambda: _convergence(plt, done, list(axes))),
-                       ("guest-cost.png", lambda: _guest_cost(plt, done, axes))):
-        fig = draw()
-        if fig is None:
-            continue
+    for name, fig in figures(results, axes, x_axis):
         path = folder / name
         _save(fig, path)
         plt.close(fig)
@@ -78,16 +97,124 @@ def _save(fig: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def _subtitle(fig: Any, results: list[PointResult]) -> None:
-    fig.text(0.5, 0.005, analysis.describe_config(results), ha="center", va="bottom",
-             fontsize=8, color="0.35")
+def plural(n: int, word: str) -> str:
+    """"1 harvest", "2 harvests"."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _plain_numbers(plt: Any) -> Any:
-    """Tick labels "0.1", "10", "200" rather than powers of ten."""
-    from matplotlib.ticker import FuncFormatter
+def _wrap(fig: Any, text: str, fontsize: float) -> str:
+    """*text* broken into lines that fit the figure's width (a narrow one-panel figure)."""
+    width_pt = fig.get_figwidth() * 72 * 0.96
+    chars = max(20, int(width_pt / (fontsize * 0.56)))  # DejaVu Sans: ~0.56 em a character
+    return "\n".join(textwrap.wrap(text, chars))
 
-    return FuncFormatter(lambda v, _: f"{v:g}")
+
+def _title(fig: Any, text: str) -> None:
+    fig.suptitle(_wrap(fig, text, 10), fontsize=10)
+
+
+def _subtitle(fig: Any, results: list[PointResult]) -> Any:
+    """The config line at the foot of the figure; return its `Text`."""
+    return fig.text(0.5, 0.005, _wrap(fig, analysis.describe_config(results), 8),
+                    ha="center", va="bottom", fontsize=8, color="0.35")
+
+
+def _layout(fig: Any, footer: Any) -> None:
+    """Label the log axes, then tight_layout, leaving room for the (wrapped) config line.
+
+    The labels come first: they change the tick labels' widths that the layout makes room for.
+    """
+    _label_log_axes(fig)
+    footer_lines = footer.get_text().count("\n") + 1
+    fig.tight_layout(rect=(0, 0.03 * footer_lines * 4.8 / fig.get_figheight(), 1, 1))
+
+
+def _plain(v: float, _: Any = None) -> str:
+    """Tick labels "0.1", "10", "1000000" rather than powers of ten."""
+    return f"{v:.12g}"
+
+
+def _log_ticks(lo: float, hi: float, subs: tuple[float, ...]) -> tuple[float, float]:
+    """The ticks at or below *lo* and at or above *hi*, on 10^k x *subs*."""
+    def ticks(around: float) -> list[float]:
+        k = math.floor(math.log10(around))
+        return [m * 10.0 ** e for e in (k - 1, k, k + 1) for m in subs]
+
+    below = max(t for t in ticks(lo) if t <= lo * (1 + 1e-9))
+    above = min(t for t in ticks(hi) if t >= hi * (1 - 1e-9))
+    return below, above
+
+
+def _label_log_axes(fig: Any) -> None:
+    """Every log axis of *fig* ends on labelled ticks, so its top and bottom can be read.
+
+    The limits widen to the next 1-2-5 value out. Within three decades every 1-2-5 value
+    is a labelled tick; beyond, the two ends and the decades between them (not those
+    within a factor 2.5 of an end, whose labels would collide). Minor ticks stay
+    unlabelled.
+    """
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    for ax in fig.axes:
+        for axis, get, set_ in ((ax.xaxis, ax.get_xlim, ax.set_xlim),
+                                (ax.yaxis, ax.get_ylim, ax.set_ylim)):
+            if axis.get_scale() != "log":
+                continue
+            lo, hi = sorted(get())
+            if not (0 < lo < hi and math.isfinite(hi)):
+                continue
+            lo, hi = _log_ticks(lo, hi, (1.0, 2.0, 5.0))
+            set_(lo, hi)
+            if math.log10(hi / lo) <= 3:
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            else:
+                decades = [10.0 ** k for k in range(math.ceil(math.log10(lo)),
+                                                    math.floor(math.log10(hi)) + 1)]
+                inner = [d for d in decades if d / lo >= 2.5 and hi / d >= 2.5]
+                axis.set_major_locator(FixedLocator([lo, *inner, hi]))
+            axis.set_major_formatter(FuncFormatter(_plain))
+            axis.set_minor_formatter(NullFormatter())
+
+
+def _varied(axes: dict[str, list[Any]], but: str | None) -> list[str]:
+    """The axes other than *but* that take more than one value: a one-shape sweep's
+    `mmu.shape` names no series ("tdp-walk") and hides no panel."""
+    return [a for a in axes if a != but and len(axes[a]) > 1]
+
+
+def _value_order(axes: dict[str, list[Any]], rest: list[str]) -> Any:
+    """Sort key of a point on *rest*: numbers by size, other values in the sweep's order.
+
+    Colours run along a colour map in this order, so that the darkest is the smallest
+    value, whatever order the sweep file lists them in.
+    """
+    numeric = {a: axis_numbers(a, list(axes.get(a, []))) is not None for a in rest}
+
+    def key(r: PointResult) -> tuple:
+        parts = []
+        for a in rest:
+            value = r.params.get(a)
+            if numeric[a] and value is not None:
+                parts.append(axis_numbers(a, [value])[0])
+            else:
+                values = axes.get(a, [])
+                parts.append(values.index(value) if value in values else len(values))
+        return tuple(parts)
+
+    return key
+
+
+def _ordered_series(results: list[PointResult], axes: dict[str, list[Any]],
+                    rest: list[str]) -> list[str]:
+    """The series labels on *rest*, smallest value first."""
+    ordered = sorted(results, key=_value_order(axes, rest))
+    return list(dict.fromkeys(series_label(r.params, rest) for r in ordered))
+
+
+def _ranked_colors(plt: Any, n: int) -> list[Any]:
+    """*n* colours along viridis, dark to light."""
+    cmap = plt.get_cmap("viridis")
+    return [cmap(i / max(1, n - 1)) for i in range(n)] if n > 1 else ["tab:blue"]
 
 
 def _log_if_wide(ax: Any, which: str, values: list[float], factor: float = 20.0) -> None:
@@ -113,7 +240,8 @@ def _crossover(plt: Any, results: list[PointResult]) -> Any:
     fits = {c.shape: c for c in analysis.crossovers(results)}
     shapes = [s for s in ("tdp", "shadow") if s in by_shape] + [
         s for s in by_shape if s not in ("tdp", "shadow")]
-    fig, axs = plt.subplots(1, len(shapes), figsize=(5.5 * len(shapes) + 1, 4.8), squeeze=False)
+    fig, axs = plt.subplots(1, len(shapes), figsize=(max(9.0, 5.5 * len(shapes) + 1), 4.8),
+                            squeeze=False)
     for ax, shape in zip(axs[0], shapes, strict=True):
         hs = by_shape[shape]
         groups = {}
@@ -157,11 +285,11 @@ def _crossover(plt: Any, results: list[PointResult]) -> Any:
         ax.set_ylabel("modeled harvest time (us of kernel time)")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    note = f"; {skipped} harvests without dirty pages or of the framebuffer slot not shown"
-    fig.suptitle("Harvest cost against the dirty ratio, every sync of every point"
-                 + (note if skipped else ""), fontsize=10)
-    _subtitle(fig, results)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    note = (f"; {plural(skipped, 'harvest')} without dirty pages or of the framebuffer slot "
+            "not shown")
+    _title(fig, "Harvest cost against the dirty ratio, every sync of every point"
+           + (note if skipped else ""))
+    _layout(fig, _subtitle(fig, results))
     return fig
 
 
@@ -173,8 +301,8 @@ def _downtime(plt: Any, results: list[PointResult], axes: dict[str, list[Any]],
     if x_axis is None:
         return None
     scale = axis_scale(x_axis)
-    rest = [a for a in axes if a != x_axis]
-    groups = group_by(results, rest)
+    rest = _varied(axes, x_axis)
+    groups = group_by(sorted(results, key=_value_order(axes, rest)), rest)
     lines: dict[str, list[tuple[float, PointResult]]] = {}
     for label, members in groups.items():
         pts = sorted(((scale.convert(r.params[x_axis]), r) for r in members
@@ -221,9 +349,8 @@ def _downtime(plt: Any, results: list[PointResult], axes: dict[str, list[Any]],
     total_ax.set_title("Total migration time")
     if diff:
         _downtime_difference(axs[2], lines, scale.title, xs_all)
-    fig.suptitle(f"Downtime and total time against {x_axis}", fontsize=10)
-    _subtitle(fig, results)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    _title(fig, f"Downtime and total time against {x_axis}")
+    _layout(fig, _subtitle(fig, results))
     return fig
 
 
@@ -262,18 +389,21 @@ def _panel_axis(axes: list[str], results: list[PointResult]) -> str | None:
     return None
 
 
-def _convergence(plt: Any, results: list[PointResult], axes: list[str]) -> Any:
+def _convergence(plt: Any, results: list[PointResult], axes: dict[str, list[Any]]) -> Any:
     if not results:
         return None
-    panel_axis = _panel_axis(axes, results)
+    panel_axis = _panel_axis(list(axes), results)
     panels = group_by(results, [panel_axis]) if panel_axis else {"": results}
-    rest = [a for a in axes if a != panel_axis]
-    fig, axs = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.5, 4.8),
+    rest = _varied(axes, panel_axis)
+    fig, axs = plt.subplots(1, len(panels), figsize=(max(9.0, 4.6 * len(panels) + 3), 4.8),
                             squeeze=False, sharey=True)
-    cmap = plt.get_cmap("viridis")
+    # one colour per series across the panels, which share one legend
+    series = _ordered_series(results, axes, rest)
+    color_of = dict(zip(series, _ranked_colors(plt, len(series)), strict=True))
     for ax, (panel, members) in zip(axs[0], panels.items(), strict=True):
         thresholds = set()
-        for i, r in enumerate(members):
+        for r in sorted(members, key=_value_order(axes, rest)):
+            color = color_of[series_label(r.params, rest)]
             report = r.report
             passes = precopy_passes(report)
             if not passes:
@@ -283,7 +413,6 @@ def _convergence(plt: Any, results: list[PointResult], axes: list[str]) -> Any:
             for p in passes:
                 t.append((p.start_ms + p.duration_ms) / 1e3)
                 left.append(p.harvest.nr_dirty_pages * PAGE_SIZE / MIB)
-            color = cmap(i / max(1, len(members) - 1))
             label = series_label(r.params, rest) if rest else r.name
             ax.plot(t, [max(v, 1e-3) for v in left], marker=".", color=color, linewidth=1.2,
                     label=label)
@@ -297,18 +426,22 @@ def _convergence(plt: Any, results: list[PointResult], axes: list[str]) -> Any:
             ax.axhline(thresholds.pop(), color="black", linestyle="--", linewidth=1,
                        label="switchover threshold: bandwidth x downtime-limit")
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(_plain_numbers(plt))
-        ax.yaxis.set_minor_formatter(_plain_numbers(plt))
         ax.set_xlabel("time since the migration started (s)")
         ax.set_title(f"{panel_axis}: {panel}" if panel_axis else "every point", fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=6, ncol=2 if len(members) > 10 else 1,
-                  title=" / ".join(rest) if rest else None, title_fontsize=6)
+    # outside the panels, where it hides no line
+    entries: dict[str, Any] = {}
+    for ax in axs[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    axs[0][-1].legend(list(entries.values()), list(entries), fontsize=8,
+                      ncol=2 if len(entries) > 16 else 1,
+                      title=" / ".join(rest) if rest else None, title_fontsize=8,
+                      bbox_to_anchor=(1.02, 1), loc="upper left")
     axs[0][0].set_ylabel("dirty memory left to send at each sync (MiB)")
-    fig.suptitle("Convergence, pass by pass: the first pass sends all RAM; a red X marks a "
-                 "point forced to stop-and-copy", fontsize=10)
-    _subtitle(fig, results)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    _title(fig, "Convergence, pass by pass: the first pass sends all RAM; a red X marks a "
+           "point forced to stop-and-copy")
+    _layout(fig, _subtitle(fig, results))
     return fig
 
 
@@ -325,16 +458,16 @@ def _guest_cost(plt: Any, results: list[PointResult], axes: dict[str, list[Any]]
             clusters.setdefault(str(config_value(r.report, "mmu.strategy", "?")), []).append(r)
     else:
         clusters = group_by(results, [cluster_axis])
-    rest = [a for a in axes if a != cluster_axis]
-    series = list(dict.fromkeys(series_label(r.params, rest) for r in results))
+    rest = _varied(axes, cluster_axis)
+    series = _ordered_series(results, axes, rest)
+    colors = _ranked_colors(plt, len(series))
     metrics = (("write-faults", "write faults (count)"),
                ("vcpu-stall-ms", "vCPU stall waiting for mmu_lock (ms)"),
                ("mmu-lock-hold-ms", "mmu_lock hold time in harvests (ms)"))
     fig, axs = plt.subplots(1, 3, figsize=(14, 4.8))
     width = 0.8 / max(1, len(series))
-    cmap = plt.get_cmap("viridis")
     for ax, (column, title) in zip(axs, metrics, strict=True):
-        values_all = []
+        bars = []
         for j, label in enumerate(series):
             xs, ys = [], []
             for i, members in enumerate(clusters.values()):
@@ -344,8 +477,14 @@ def _guest_cost(plt: Any, results: list[PointResult], axes: dict[str, list[Any]]
                         if value != "":
                             xs.append(i - 0.4 + width * (j + 0.5))
                             ys.append(float(value))
-            values_all += ys
-            color = cmap(j / max(1, len(series) - 1)) if len(series) > 1 else "tab:blue"
+            bars.append((xs, ys))
+        values_all = [y for _, ys in bars for y in ys]
+        if title.endswith("(ms)") and 0 < max(values_all, default=0) < 0.1:
+            # "0.00014 ms" reads badly: microseconds
+            title = title.replace("(ms)", "(us)")
+            bars = [(xs, [y * 1e3 for y in ys]) for xs, ys in bars]
+            values_all = [y * 1e3 for y in values_all]
+        for (xs, ys), label, color in zip(bars, series, colors, strict=True):
             ax.bar(xs, ys, width=width, color=color, label=label)
         ax.set_xticks(range(len(clusters)), list(clusters), fontsize=8)
         ax.set_xlabel(cluster_axis or "mmu.strategy")
@@ -355,11 +494,9 @@ def _guest_cost(plt: Any, results: list[PointResult], axes: dict[str, list[Any]]
             ax.set_ylim(bottom=0, top=max([*values_all, 0.0]) * 1.1 or 1.0)
         ax.grid(True, axis="y", which="major", alpha=0.3)
         ax.set_title(title.split(" (")[0], fontsize=9)
-    axs[-1].legend(fontsize=6, ncol=2 if len(series) > 12 else 1,
-                   title=" / ".join(rest) if rest else None, title_fontsize=6,
+    axs[-1].legend(fontsize=8, ncol=2 if len(series) > 12 else 1,
+                   title=" / ".join(rest) if rest else None, title_fontsize=8,
                    bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.suptitle("The guest's cost of dirty tracking, per strategy (whole migration)",
-                 fontsize=10)
-    _subtitle(fig, results)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    _title(fig, "The guest's cost of dirty tracking, per strategy (whole migration)")
+    _layout(fig, _subtitle(fig, results))
     return fig
