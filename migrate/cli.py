@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from aiohttp import web
 from migrate import units
 from migrate.config import ConfigError, Scenario, load_scenario
 from migrate.dest.server import IDLE_TIMEOUT_S, make_app
+from migrate.launch import DestinationProcess
 from migrate.malloc import raise_malloc_thresholds
 from migrate.report import Report, RoundRecord
 from migrate.source.engine import migrate
@@ -116,48 +116,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(_run_source(scenario, dest.url, args))
     finally:
-        dest.stop()
+        dest.stop(grace_s=DEST_EXIT_GRACE_S)  # it ends on its own once the migration ends
     return _finish(report, args)
 
 
-class _DestinationProcess:
-    """A `precopy dest --once` child on a free loopback port.
-
-    It ignores SIGINT: Ctrl-C reaches the whole process group, and the parent
-    alone decides, cancelling the migration (which ends the child) or stopping it.
-    """
-
-    def __init__(self, memory_bytes: int) -> None:
-        cmd = [sys.executable, "-m", "migrate", "dest", "--listen", "127.0.0.1:0", "--once",
-               "--max-memory", str(memory_bytes)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                                     preexec_fn=_ignore_sigint)
-        try:
-            line = self.proc.stdout.readline() if self.proc.stdout else ""
-        except BaseException:  # Ctrl-C while it starts
-            self.stop(grace_s=0)
-            raise
-        if "http://" not in line:
-            self.stop()
-            raise RuntimeError(f"the destination did not start (it printed {line!r})")
-        self.url = line[line.index("http://"):].split()[0]
-
-    def stop(self, grace_s: float = DEST_EXIT_GRACE_S) -> None:
-        """Give it `grace_s` to end on its own (it does once the migration ends), then SIGTERM."""
-        try:
-            self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.proc.terminate()
-            self.proc.wait(timeout=5)
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _start_destination(scenario: Scenario) -> _DestinationProcess:
+def _start_destination(scenario: Scenario) -> DestinationProcess:
+    """A `precopy dest --once` child sized for *scenario*; it ignores Ctrl-C (see launch)."""
     total = scenario.guest.memory_pages + scenario.guest.vga_pages
-    return _DestinationProcess(total * 4096)
+    return DestinationProcess("--once", "--max-memory", str(total * 4096), ignore_sigint=True)
 
 
 def _one_line(record: logging.LogRecord) -> bool:
