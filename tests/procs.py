@@ -11,6 +11,7 @@ from migrate.launch import DestinationProcess, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ROOT / "configs" / "tests" / "small.toml"
+BROKEN = ROOT / "configs" / "broken.toml"  # every broken strategy is caught on it
 TIMEOUT_S = 60  # every process a test starts is bounded
 
 
@@ -34,4 +35,5 @@ class Destination(DestinationProcess):
         return self.proc.wait(timeout=timeout)
 
 
-__all__ = ["ROOT", "SMALL", "TIMEOUT_S", "Destination", "load_json", "precopy", "terminate"]
+__all__ = ["BROKEN", "ROOT", "SMALL", "TIMEOUT_S", "Destination", "load_json", "precopy",
+           "terminate"]
