@@ -12,11 +12,13 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -69,20 +71,71 @@ def _load(args: argparse.Namespace) -> Scenario:
 
 
 def _finish(report: Report, args: argparse.Namespace) -> int:
+    """Write the report, show it, and exit as the migration went, whatever stdout does."""
     if args.json:
         report.write_json(args.json)
     if not args.quiet:
-        print(summary_table(report), flush=True)
+        _say(summary_table(report))
     if args.json:
         print(f"report written to {args.json}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _print_progress(record: RoundRecord) -> None:
+    _say(progress_line(record))
+
+
+def _say(text: str) -> None:
+    """Print *text* to stdout; a reader that left (`| head -1`) does not change the outcome."""
     try:
-        print(progress_line(record), flush=True)
-    except BrokenPipeError:  # nobody is reading: the migration goes on regardless
-        pass
+        print(text, flush=True)
+    except BrokenPipeError:
+        _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
+    """Nobody reads stdout any more: later writes, and the flush at exit, go nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _check_json_path(text: str | None) -> None:
+    """Refuse a --json FILE that cannot be written before the migration runs, not after.
+
+    Raise `UsageError` for a directory, a missing folder or a path we may not write.
+    """
+    if not text:
+        return
+    path = Path(text)
+    folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"--json {text}: is a directory; give a file name")
+    if not folder.is_dir():
+        raise UsageError(f"--json {text}: no such folder {str(folder)!r}")
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        raise UsageError(f"--json {text}: not writable")
+
+
+def _check_timeout(seconds: float) -> None:
+    if not (seconds > 0 and math.isfinite(seconds)):  # nan is neither
+        raise UsageError(f"--timeout: {seconds:g} is not a positive number of seconds")
+
+
+def _check_dest_url(url: str) -> None:
+    """`--dest` is a URL: a bare HOST:PORT would only fail later, as a migration failure."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number, or beyond 65535
+        ok = False
+    if not ok:
+        raise UsageError(f"--dest {url}: expected http://HOST:PORT")
+
+
+def _check_source_options(args: argparse.Namespace) -> None:
+    _check_timeout(args.timeout)
+    _check_json_path(args.json)
 
 
 async def _run_source(scenario: Scenario, url: str, args: argparse.Namespace) -> Report:
@@ -106,11 +159,14 @@ async def _run_source(scenario: Scenario, url: str, args: argparse.Namespace) ->
 
 
 def cmd_source(args: argparse.Namespace) -> int:
+    _check_dest_url(args.dest)
+    _check_source_options(args)
     scenario = _load(args)
     return _finish(asyncio.run(_run_source(scenario, args.dest, args)), args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _check_source_options(args)
     scenario = _load(args)
     dest = _start_destination(scenario)
     try:
@@ -223,6 +279,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from migrate.experiments import ExperimentError
     from migrate.experiments.report import run_report
 
+    if args.folder.exists() and not args.folder.is_dir():
+        raise UsageError(f"report: {args.folder} is a file, not a results folder "
+                         "(give the folder `precopy sweep --out` wrote)")
     try:
         return run_report(args.folder, plots=not args.no_plots, x_axis=args.x)
     except ExperimentError as err:
@@ -316,8 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before a migration started: nothing to report
         print("precopy: interrupted", file=sys.stderr)
         return EXIT_FAILED
-    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # `report | head` and the like (a migration's exit follows it)
+        _stdout_to_devnull()
         return EXIT_OK
     except Exception as err:
         if args.debug:
