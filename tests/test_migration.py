@@ -51,7 +51,7 @@ def test_default_run_completes_and_verifies(tmp_path):
 
 # configs/broken.toml is the small scenario on which each broken strategy is always caught
 # (it needs several passes: a single pass and the stop-and-copy catch neither); a few seeds.
-BROKEN_SEEDS = (1, 2, 3)
+BROKEN_SEEDS = (1, 2)
 
 
 @pytest.mark.parametrize("seed", BROKEN_SEEDS)
