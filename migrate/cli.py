@@ -119,7 +119,7 @@ def _check_json_path(text: str | None) -> None:
 
 def _check_timeout(seconds: float) -> None:
     if not (seconds > 0 and math.isfinite(seconds)):  # nan is neither
-        raise UsageError(f"--timeout: {seconds:g} is not a positive number of seconds")
+        raise UsageError(f"--timeout: {seconds:g} is not a positive, finite number of seconds")
 
 
 def _check_dest_url(url: str) -> None:

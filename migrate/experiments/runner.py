@@ -70,8 +70,8 @@ def run_sweep(sweep_path: str | Path, out: str | Path | None = None, *, jobs: in
     if limit is not None and limit < 1:
         raise ExperimentError(f"--limit {limit}: at least 1")
     if not (point_timeout_s > 0 and math.isfinite(point_timeout_s)):  # nan is neither
-        raise ExperimentError(f"--point-timeout: {point_timeout_s:g} is not a positive number "
-                              "of seconds")
+        raise ExperimentError(f"--point-timeout: {point_timeout_s:g} is not a positive, "
+                              "finite number of seconds")
     sweep = load_sweep(sweep_path)
     points = sweep.points()
     scenarios = sweep.validate()
