@@ -100,6 +100,26 @@ def _stdout_to_devnull() -> None:
     os.close(devnull)
 
 
+class _Stdout:
+    """stdout for a long command (a sweep): a reader that leaves ends the output, not the work."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_to_devnull()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+
 def _check_json_path(text: str | None) -> None:
     """Refuse a --json FILE that cannot be written before the migration runs, not after.
 
@@ -270,7 +290,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     try:
         return run_sweep(args.sweep, args.out, jobs=args.jobs, limit=args.limit,
-                         dry_run=args.dry_run, point_timeout_s=args.point_timeout)
+                         dry_run=args.dry_run, point_timeout_s=args.point_timeout,
+                         stream=_Stdout())
     except (ConfigError, ExperimentError) as err:
         raise UsageError(str(err)) from None
 

@@ -23,7 +23,7 @@ from migrate.experiments.sweep import (
     toml_value,
     value_label,
 )
-from tests.procs import ROOT, SMALL, precopy
+from tests.procs import ROOT, SMALL, precopy, terminate
 
 # --------------------------------------------------------------------------- names
 
@@ -360,6 +360,29 @@ def test_a_point_stopped_at_its_timeout_is_logged_and_leaves_nothing_in_tmp(tmp_
     log = (out / "logs" / "seed1.log").read_text()
     assert log.startswith("$ precopy run ") and "no result after 3 s" in log
     assert not (out / "tmp").exists()
+
+
+def test_a_reader_that_leaves_does_not_stop_the_sweep(tmp_path):
+    # `precopy sweep ... | head -1`: the points still run and the exit follows them.
+    sweep = _sweep_file(tmp_path, f"""
+        base = "{os.path.relpath(SMALL, tmp_path)}"
+        [grid]
+        seed = [1]
+    """)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "migrate", "sweep", str(sweep), "--out",
+                             str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    try:
+        stderr = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    finally:
+        terminate(proc)
+        proc.stderr.close()
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    (line,) = _lines(out)
+    assert line["verified"] is True and code == 0, stderr
 
 
 def test_a_second_sweep_cannot_write_the_same_folder(tmp_path):
