@@ -12,18 +12,20 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from migrate import units
 from migrate.config import ConfigError, Scenario, load_scenario
 from migrate.dest.server import IDLE_TIMEOUT_S, make_app
+from migrate.launch import DestinationProcess
 from migrate.malloc import raise_malloc_thresholds
 from migrate.report import Report, RoundRecord
 from migrate.source.engine import migrate
@@ -69,20 +71,91 @@ def _load(args: argparse.Namespace) -> Scenario:
 
 
 def _finish(report: Report, args: argparse.Namespace) -> int:
+    """Write the report, show it, and exit as the migration went, whatever stdout does."""
     if args.json:
         report.write_json(args.json)
     if not args.quiet:
-        print(summary_table(report), flush=True)
+        _say(summary_table(report))
     if args.json:
         print(f"report written to {args.json}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _print_progress(record: RoundRecord) -> None:
+    _say(progress_line(record))
+
+
+def _say(text: str) -> None:
+    """Print *text* to stdout; a reader that left (`| head -1`) does not change the outcome."""
     try:
-        print(progress_line(record), flush=True)
-    except BrokenPipeError:  # nobody is reading: the migration goes on regardless
-        pass
+        print(text, flush=True)
+    except BrokenPipeError:
+        _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
+    """Nobody reads stdout any more: later writes, and the flush at exit, go nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+class _Stdout:
+    """stdout for a long command (a sweep): a reader that leaves ends the output, not the work."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_to_devnull()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+
+def _check_json_path(text: str | None) -> None:
+    """Refuse a --json FILE that cannot be written before the migration runs, not after.
+
+    Raise `UsageError` for a directory, a missing folder or a path we may not write.
+    """
+    if not text:
+        return
+    path = Path(text)
+    folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"--json {text}: is a directory; give a file name")
+    if not folder.is_dir():
+        raise UsageError(f"--json {text}: no such folder {str(folder)!r}")
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        raise UsageError(f"--json {text}: not writable")
+
+
+def _check_timeout(seconds: float) -> None:
+    if not (seconds > 0 and math.isfinite(seconds)):  # nan is neither
+        raise UsageError(f"--timeout: {seconds:g} is not a positive, finite number of seconds")
+
+
+def _check_dest_url(url: str) -> None:
+    """`--dest` is a URL: a bare HOST:PORT would only fail later, as a migration failure."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number, or beyond 65535
+        ok = False
+    if not ok:
+        raise UsageError(f"--dest {url}: expected http://HOST:PORT")
+
+
+def _check_source_options(args: argparse.Namespace) -> None:
+    _check_timeout(args.timeout)
+    _check_json_path(args.json)
 
 
 async def _run_source(scenario: Scenario, url: str, args: argparse.Namespace) -> Report:
@@ -106,58 +179,27 @@ async def _run_source(scenario: Scenario, url: str, args: argparse.Namespace) ->
 
 
 def cmd_source(args: argparse.Namespace) -> int:
+    _check_dest_url(args.dest)
+    _check_source_options(args)
     scenario = _load(args)
     return _finish(asyncio.run(_run_source(scenario, args.dest, args)), args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _check_source_options(args)
     scenario = _load(args)
     dest = _start_destination(scenario)
     try:
         report = asyncio.run(_run_source(scenario, dest.url, args))
     finally:
-        dest.stop()
+        dest.stop(grace_s=DEST_EXIT_GRACE_S)  # it ends on its own once the migration ends
     return _finish(report, args)
 
 
-class _DestinationProcess:
-    """A `precopy dest --once` child on a free loopback port.
-
-    It ignores SIGINT: Ctrl-C reaches the whole process group, and the parent
-    alone decides, cancelling the migration (which ends the child) or stopping it.
-    """
-
-    def __init__(self, memory_bytes: int) -> None:
-        cmd = [sys.executable, "-m", "migrate", "dest", "--listen", "127.0.0.1:0", "--once",
-               "--max-memory", str(memory_bytes)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                                     preexec_fn=_ignore_sigint)
-        try:
-            line = self.proc.stdout.readline() if self.proc.stdout else ""
-        except BaseException:  # Ctrl-C while it starts
-            self.stop(grace_s=0)
-            raise
-        if "http://" not in line:
-            self.stop()
-            raise RuntimeError(f"the destination did not start (it printed {line!r})")
-        self.url = line[line.index("http://"):].split()[0]
-
-    def stop(self, grace_s: float = DEST_EXIT_GRACE_S) -> None:
-        """Give it `grace_s` to end on its own (it does once the migration ends), then SIGTERM."""
-        try:
-            self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.proc.terminate()
-            self.proc.wait(timeout=5)
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _start_destination(scenario: Scenario) -> _DestinationProcess:
+def _start_destination(scenario: Scenario) -> DestinationProcess:
+    """A `precopy dest --once` child sized for *scenario*; it ignores Ctrl-C (see launch)."""
     total = scenario.guest.memory_pages + scenario.guest.vga_pages
-    return _DestinationProcess(total * 4096)
+    return DestinationProcess("--once", "--max-memory", str(total * 4096), ignore_sigint=True)
 
 
 def _one_line(record: logging.LogRecord) -> bool:
@@ -248,7 +290,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     try:
         return run_sweep(args.sweep, args.out, jobs=args.jobs, limit=args.limit,
-                         dry_run=args.dry_run, point_timeout_s=args.point_timeout)
+                         dry_run=args.dry_run, point_timeout_s=args.point_timeout,
+                         stream=_Stdout())
     except (ConfigError, ExperimentError) as err:
         raise UsageError(str(err)) from None
 
@@ -257,6 +300,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from migrate.experiments import ExperimentError
     from migrate.experiments.report import run_report
 
+    if args.folder.exists() and not args.folder.is_dir():
+        raise UsageError(f"report: {args.folder} is a file, not a results folder "
+                         "(give the folder `precopy sweep --out` wrote)")
     try:
         return run_report(args.folder, plots=not args.no_plots, x_axis=args.x)
     except ExperimentError as err:
@@ -352,8 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before a migration started: nothing to report
         print("precopy: interrupted", file=sys.stderr)
         return EXIT_FAILED
-    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # `report | head` and the like (a migration's exit follows it)
+        _stdout_to_devnull()
         return EXIT_OK
     except Exception as err:
         if args.debug:

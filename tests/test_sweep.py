@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from migrate import cli
 from migrate.config import ConfigError
-from migrate.experiments.results import ResultsFolder, first_difference
+from migrate.experiments.results import PointResult, ResultsFolder, first_difference
 from migrate.experiments.sweep import (
     load_sweep,
     set_arg,
@@ -23,7 +24,7 @@ from migrate.experiments.sweep import (
     value_label,
 )
 from migrate.report import Report
-from tests.procs import ROOT, SMALL, precopy
+from tests.procs import ROOT, SMALL, precopy, terminate
 
 # --------------------------------------------------------------------------- names
 
@@ -44,9 +45,18 @@ from tests.procs import ROOT, SMALL, precopy
     ("guest.vga", False, "novga"),
     ("seed", 3, "seed3"),
     ("guest.workload.exponent", 1.1, "exponent1.1"),
+    ("mmu.strategy", "rmap-noflush", "rmap-noflush"),
+    ("mmu.strategy", "protect-before-take", "protect-before-take"),
 ])
 def test_value_labels(key, value, label):
     assert value_label(key, value) == label
+
+
+def test_a_points_name_before_names_kept_hyphens_is_known():
+    sweep = sweep_from_dict({"grid": {"mmu": {"strategy": ["rmap-noflush"]}, "seed": [1]}})
+    (point,) = sweep.points()
+    assert point.name == "rmap-noflush-seed1"
+    assert sweep.legacy_name(point) == "rmapnoflush-seed1"
 
 
 def test_grid_points_are_the_product_named_from_their_values():
@@ -288,6 +298,92 @@ def test_interrupted_sweep_keeps_whole_lines_and_resumes(tmp_path):
     after = _lines(out)
     assert len(after) == 4 and after[: len(lines)] == lines
     assert done.isdisjoint(line["name"] for line in after[len(lines):])
+
+
+def _stored(out: Path, *names: str) -> None:
+    """results.jsonl holding lines for *names* (errors: no report, so no scenario to compare)."""
+    folder = ResultsFolder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        folder.append(PointResult(name=name, error="boom"))
+
+
+def test_a_folder_with_another_sweeps_results_is_refused(tmp_path):
+    out = tmp_path / "out"
+    _stored(out, "walk-rate2000", "tdp-bw1Gbit")
+    proc = precopy("sweep", str(_tiny(tmp_path)), "--out", str(out))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "another sweep" in proc.stderr and "tdp-bw1Gbit" in proc.stderr
+    assert len(_lines(out)) == 2  # nothing ran
+
+
+def test_a_point_stored_under_its_name_without_hyphens_is_not_run_as_new(tmp_path):
+    sweep = _sweep_file(tmp_path, f"""
+        base = "{os.path.relpath(SMALL, tmp_path)}"
+        [grid]
+        "mmu.strategy" = ["walk", "rmap-noflush"]
+    """)
+    out = tmp_path / "out"
+    _stored(out, "walk", "rmapnoflush")
+    proc = precopy("sweep", str(sweep), "--out", str(out))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "point rmap-noflush is stored there as rmapnoflush" in proc.stderr
+    assert len(_lines(out)) == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_point_timeout_that_is_not_a_positive_number_is_refused(capsys, tmp_path, value):
+    assert cli.main(["sweep", str(_tiny(tmp_path)), "--out", str(tmp_path / "out"),
+                     f"--point-timeout={value}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--point-timeout" in err[0] and value in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_point_stopped_at_its_timeout_is_logged_and_leaves_nothing_in_tmp(tmp_path):
+    # A wall-clock migration held to 1 MiB/s needs a minute for its first pass: it cannot
+    # finish within the timeout, however fast the machine.
+    sweep = _sweep_file(tmp_path, f"""
+        base = "{os.path.relpath(SMALL, tmp_path)}"
+        [set]
+        clock = "wall"
+        "migration.max-bandwidth" = "1MiB/s"
+        [grid]
+        seed = [1]
+    """)
+    out = tmp_path / "out"
+    proc = precopy("sweep", str(sweep), "--out", str(out), "--point-timeout", "3")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (line,) = _lines(out)
+    assert line["status"] == "error" and "no result after 3 s" in line["error"]
+    assert f"see {out / 'logs'}" in proc.stdout
+    log = (out / "logs" / "seed1.log").read_text()
+    assert log.startswith("$ precopy run ") and "no result after 3 s" in log
+    assert not (out / "tmp").exists()
+
+
+def test_a_reader_that_leaves_does_not_stop_the_sweep(tmp_path):
+    # `precopy sweep ... | head -1`: the points still run and the exit follows them.
+    sweep = _sweep_file(tmp_path, f"""
+        base = "{os.path.relpath(SMALL, tmp_path)}"
+        [grid]
+        seed = [1]
+    """)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "migrate", "sweep", str(sweep), "--out",
+                             str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    try:
+        stderr = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    finally:
+        terminate(proc)
+        proc.stderr.close()
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    (line,) = _lines(out)
+    assert line["verified"] is True and code == 0, stderr
 
 
 def test_a_second_sweep_cannot_write_the_same_folder(tmp_path):

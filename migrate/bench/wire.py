@@ -32,8 +32,6 @@ import os
 import platform
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -43,6 +41,7 @@ import numpy as np
 from migrate import units, wire
 from migrate.config import MigrationParams
 from migrate.digest import page_digests
+from migrate.launch import DestinationProcess
 from migrate.source import datapath
 from migrate.source.client import DestinationClient
 from migrate.source.clock import VirtualClock
@@ -172,40 +171,17 @@ class Ceiling:
 # -- the migration path -------------------------------------------------------------------------
 
 
-class _Destination:
-    """`precopy dest` on a free loopback port, for the whole benchmark."""
-
-    def __init__(self, max_bytes: int) -> None:
-        cmd = [sys.executable, "-m", "migrate", "dest", "--listen", "127.0.0.1:0",
-               "--max-memory", str(max_bytes)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if "http://" not in line:
-            self.stop()
-            raise RuntimeError(f"the destination did not start (it printed {line!r})")
-        self.url = line[line.index("http://"):].split()[0]
-
-    def cpu_ticks(self) -> int | None:
-        """Clock ticks of CPU the destination has used (Linux: utime + stime), or None."""
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return int(fields[11]) + int(fields[12])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
+def _dest_cpu_ticks(dest: DestinationProcess) -> int | None:
+    """Clock ticks of CPU the destination has used (Linux: utime + stime), or None."""
+    try:
+        with open(f"/proc/{dest.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
 
 
-async def _migrate(dest: _Destination, memory: np.ndarray, *, passes: int, channels: int,
+async def _migrate(dest: DestinationProcess, memory: np.ndarray, *, passes: int, channels: int,
                    compress: bool) -> dict[str, Any]:
     npages = memory.shape[0]
     gfns = np.arange(npages, dtype=np.int64)
@@ -216,7 +192,7 @@ async def _migrate(dest: _Destination, memory: np.ndarray, *, passes: int, chann
         migration_id = await client.hello({"page-size": PAGE, "memory-pages": npages,
                                            "slots": [], "vcpus": 1})
         for pass_no in range(1, passes + 1):
-            dest_before, cpu_before = dest.cpu_ticks(), time.process_time()
+            dest_before, cpu_before = _dest_cpu_ticks(dest), time.process_time()
             started = time.perf_counter()
             traffic = await datapath.send_pass(
                 client, migration_id, pass_no, gfns, memory=memory, link=link,
@@ -224,7 +200,7 @@ async def _migrate(dest: _Destination, memory: np.ndarray, *, passes: int, chann
             )
             seconds.append(time.perf_counter() - started)
             source_cpu.append(time.process_time() - cpu_before)
-            dest_after = dest.cpu_ticks()
+            dest_after = _dest_cpu_ticks(dest)
             dest_ticks.append(None if dest_before is None or dest_after is None
                               else dest_after - dest_before)
             wire_bytes.append(traffic.bytes)
@@ -276,7 +252,7 @@ def run(quick: bool = False, size: int | None = None, passes: int | None = None)
         "targets": dict(TARGETS), "python": platform.python_version(),
         "aiohttp": aiohttp.__version__, "numpy": np.__version__, "cpu-count": os.cpu_count(),
     }
-    dest = _Destination(size)
+    dest = DestinationProcess("--max-memory", str(size))
     ceiling = None
     try:
         for content, make in CONTENTS.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
@@ -69,6 +70,9 @@ def run_sweep(sweep_path: str | Path, out: str | Path | None = None, *, jobs: in
         raise ExperimentError(f"--jobs {jobs}: at least 1")
     if limit is not None and limit < 1:
         raise ExperimentError(f"--limit {limit}: at least 1")
+    if not (point_timeout_s > 0 and math.isfinite(point_timeout_s)):  # nan is neither
+        raise ExperimentError(f"--point-timeout: {point_timeout_s:g} is not a positive, "
+                              "finite number of seconds")
     sweep = load_sweep(sweep_path)
     points = sweep.points()
     scenarios = sweep.validate()
@@ -80,6 +84,7 @@ def run_sweep(sweep_path: str | Path, out: str | Path | None = None, *, jobs: in
     folder.open_for_sweep()
     try:
         results = folder.read_results()
+        _check_same_sweep(folder, sweep, points, results)
         _check_unchanged(folder, points, scenarios, results)
         folder.write_sweep(sweep, points)
         todo = [p for p in points if not (p.name in results and results[p.name].done)]
@@ -184,22 +189,29 @@ class Runner:
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )
+        # stderr is read as it comes, so a point stopped at --point-timeout keeps its log.
+        stderr = asyncio.ensure_future(proc.stderr.read())
         timed_out = False
-        stderr = b""
         try:
-            _, stderr = await asyncio.wait_for(proc.communicate(), self.point_timeout_s)
+            await asyncio.wait_for(proc.wait(), self.point_timeout_s)
         except TimeoutError:
             timed_out = True
             await _stop(proc)
         except asyncio.CancelledError:
             await _stop(proc)
+            stderr.cancel()
             self.progress.abandon(point.name)
             report_path.unlink(missing_ok=True)
             raise
         result.finished = now_iso()
         result.wall_time_s = round(time.monotonic() - wall_start, 3)
         result.exit_code = proc.returncode
-        self._fill(result, report_path, stderr.decode(errors="replace"), timed_out)
+        try:
+            err = await asyncio.wait_for(asyncio.shield(stderr), STOP_GRACE_S)
+        except TimeoutError:  # a child left behind still holds the pipe
+            await _stop(proc)
+            err = await stderr
+        self._fill(result, report_path, err.decode(errors="replace"), timed_out)
         return result
 
     def _fill(self, result: PointResult, report_path: Path, stderr: str, timed_out: bool) -> None:
@@ -211,7 +223,9 @@ class Runner:
                     report = Report.from_dict(data)
             except (ValueError, TypeError):
                 report = None  # not a report of ours: the run gave no result
-            report_path.unlink(missing_ok=True)
+        # A point stopped at its timeout may still have written a (cancelled) report: not a
+        # result, and nothing to leave in tmp/.
+        report_path.unlink(missing_ok=True)
         if report is not None:
             result.report = report
             result.status = result.report.status
@@ -224,10 +238,12 @@ class Runner:
                 result.error = f"no result after {self.point_timeout_s:g} s; stopped"
             else:
                 result.error = lines[-1] if lines else f"exit code {result.exit_code}, no report"
-        if stderr.strip() and not result.ok:
+        if not result.done or (stderr.strip() and not result.ok):
+            # The closing lines send the reader here for every point without a result.
             logs = self.folder.path / LOGS
             logs.mkdir(exist_ok=True)
-            (logs / f"{result.name}.log").write_text(f"$ {result.command}\n{stderr}")
+            tail = "" if result.done else f"precopy sweep: {result.error}\n"
+            (logs / f"{result.name}.log").write_text(f"$ {result.command}\n{stderr}{tail}")
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
@@ -260,6 +276,31 @@ def _warn_duplicates(points: list[Point], scenarios: dict[str, Scenario]) -> Non
                   "(an axis that changes nothing?)", file=sys.stderr)
         else:
             seen[key] = point.name
+
+
+def _check_same_sweep(folder: ResultsFolder, sweep: Sweep, points: list[Point],
+                      results: dict[str, PointResult]) -> None:
+    """Refuse a folder holding results of points this sweep does not have.
+
+    They would be reported beside this sweep's ("10 of 9 points have results"). A name
+    that an older precopy spelled without hyphens (`rmapnoflush` for `rmap-noflush`) is
+    named as such: it is not silently run again as a new point.
+    """
+    names = {p.name for p in points}
+    stray = [name for name in results if name not in names]
+    if not stray:
+        return
+    start_over = (f"use another --out folder, or remove {folder.results_path} to start over")
+    renamed = {sweep.legacy_name(p): p.name for p in points}
+    for name in stray:
+        if name in renamed:
+            raise ExperimentError(
+                f"--out {folder.path}: point {renamed[name]} is stored there as {name}, its "
+                f"name before point names kept hyphens; {start_over}")
+    more = f" and {len(stray) - 1} more" if len(stray) > 1 else ""
+    raise ExperimentError(
+        f"--out {folder.path}: it holds results of another sweep (point {stray[0]}{more}, "
+        f"not in {sweep.source}); {start_over}")
 
 
 def _check_unchanged(folder: ResultsFolder, points: list[Point], scenarios: dict[str, Scenario],

@@ -131,9 +131,9 @@ def key_label(key: str) -> str:
     return KEY_LABELS.get(first, first.rsplit(".", 1)[-1].replace("-", ""))
 
 
-def _compact(text: str) -> str:
+def _compact(text: str, *, hyphens: bool = True) -> str:
     text = text.replace("%", "pct").replace("/s", "").replace("µ", "u")
-    return re.sub(r"[^A-Za-z0-9.]", "", text)
+    return re.sub(r"[^A-Za-z0-9.-]" if hyphens else r"[^A-Za-z0-9.]", "", text)
 
 
 def _number(value: float | int) -> str:
@@ -142,12 +142,13 @@ def _number(value: float | int) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def value_label(key: str, value: Any) -> str:
+def value_label(key: str, value: Any, *, hyphens: bool = True) -> str:
     """Name one axis value: a word stands alone ("rmap"), anything else follows its key's label.
 
-    Examples: ("mmu.strategy", "rmap") -> "rmap"; ("guest.workload.rate", 30000)
-    -> "rate30000"; ("link.bandwidth", "1Gbit/s") -> "bw1Gbit"; ("guest.vga",
-    False) -> "novga".
+    Examples: ("mmu.strategy", "rmap-noflush") -> "rmap-noflush"; ("guest.workload.rate",
+    30000) -> "rate30000"; ("link.bandwidth", "1Gbit/s") -> "bw1Gbit"; ("guest.vga",
+    False) -> "novga". *hyphens* False gives the spelling of precopy before names kept
+    them ("rmapnoflush"), to recognise a results folder written then.
     """
     label = key_label(key)
     if isinstance(value, bool):
@@ -155,15 +156,17 @@ def value_label(key: str, value: Any) -> str:
     if isinstance(value, int | float):
         return label + _number(value)
     if isinstance(value, str):
-        compact = _compact(value)
+        compact = _compact(value, hyphens=hyphens)
         if compact[:1].isalpha():
             return compact
         return label + compact
     if isinstance(value, dict):
-        return label + "".join(value_label(k, v).capitalize() for k, v in value.items())
+        return label + "".join(value_label(k, v, hyphens=hyphens).capitalize()
+                               for k, v in value.items())
     if isinstance(value, list | tuple):
-        return label + "".join(value_label(label, v).removeprefix(label) for v in value)
-    return label + _compact(str(value))
+        return label + "".join(value_label(label, v, hyphens=hyphens).removeprefix(label)
+                               for v in value)
+    return label + _compact(str(value), hyphens=hyphens)
 
 
 # --- the sweep --------------------------------------------------------------------------
@@ -247,12 +250,10 @@ class Sweep:
         for (comparison, comp_set), combo in itertools.product(comparisons, combos):
             params: dict[str, Any] = {} if comparison is None else {COMPARISON: comparison}
             overrides = [*self.set.items(), *comp_set.items()]
-            labels = [] if comparison is None else [comparison]
             for axis, value in zip(self.grid, combo, strict=True):
                 params[axis.name] = value
                 overrides += [(key, value) for key in axis.keys]
-                labels.append(value_label(axis.name, value))
-            name = "-".join(labels) or "base"
+            name = self._name(params)
             if name in seen:
                 raise ConfigError(
                     f"sweep {self.source}: {seen[name]} and {params} are both named {name!r}; "
@@ -261,6 +262,15 @@ class Sweep:
             seen[name] = params
             points.append(Point(name=name, params=params, overrides=tuple(overrides)))
         return points
+
+    def _name(self, params: dict[str, Any], *, hyphens: bool = True) -> str:
+        labels = [params[COMPARISON]] if COMPARISON in params else []
+        labels += [value_label(a.name, params[a.name], hyphens=hyphens) for a in self.grid]
+        return "-".join(labels) or "base"
+
+    def legacy_name(self, point: Point) -> str:
+        """*point*'s name as precopy spelled it before names kept hyphens (`rmapnoflush`)."""
+        return self._name(point.params, hyphens=False)
 
     def scenario(self, point: Point) -> Scenario:
         """Load the point's scenario. Raise `ConfigError` naming the point and the key."""
