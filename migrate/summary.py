@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from migrate.report import Report, RoundRecord
+from migrate.units import MIB
 
-MIB = 1 << 20
 STOP_AND_COPY = "stop-and-copy"
 FORCED = "precopy did not converge: switchover forced"
 

@@ -17,6 +17,7 @@ import re
 from fractions import Fraction
 
 _KI = 1024
+MIB = _KI**2  # for figures printed in MiB
 
 _SIZE_UNITS: dict[str, int] = {
     "B": 1,

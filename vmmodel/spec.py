@@ -1,6 +1,6 @@
 """What a model is built from: plain, frozen parameter objects.
 
-vmmodel takes numbers, not strings: migrate/config.py parses the TOML (sizes,
+vmmodel takes numbers, not strings: migrate/config/ parses the TOML (sizes,
 rates, times with units) and builds these. Each has `to_dict`/`from_dict` so a
 report can carry the fully resolved model.
 """

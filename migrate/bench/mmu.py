@@ -33,9 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vmmodel import CostTable, GuestSpec, MmuSpec, Vm, WorkloadSpec
+from vmmodel import PAGE_SIZE, CostTable, GuestSpec, MmuSpec, Vm, WorkloadSpec
 
-PAGE_SIZE = 4096
 EXIT_MET, EXIT_MISSED = 0, 1
 RATIOS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 SEED = 1
@@ -156,7 +155,7 @@ def crossover(sizes: Sizes) -> list[dict]:
     records = []
     for mmu in (MmuSpec(shape="tdp"), sizes.shadow):
         vm = _idle_guest(sizes.crossover_pages, mmu)
-        n_used = vm.mmu.n_used_mmu_pages
+        n_used = vm.n_used_mmu_pages
         rng = np.random.default_rng(SEED)
         for count in dirty_counts(n_used, vm.slot(0).npages):
             gfns = rng.choice(vm.slot(0).npages, count, replace=False)

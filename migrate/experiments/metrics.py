@@ -17,8 +17,6 @@ from migrate import units
 from migrate.experiments.results import PointResult
 from migrate.report import Report, RoundRecord
 
-PAGE_SIZE = 4096
-
 # Every column after the axes', in order.
 COLUMNS = (
     "status", "verified", "converged", "precopy-passes", "rounds", "dirty-sync-count",

@@ -31,10 +31,10 @@ from migrate.experiments.analysis import (
 from migrate.experiments.metrics import config_value, converged, harvests, precopy_passes, row
 from migrate.experiments.results import PointResult
 from migrate.experiments.sweep import COMPARISON
+from migrate.units import MIB
+from vmmodel import PAGE_SIZE
 
 DPI = 100
-MIB = 1 << 20
-PAGE_SIZE = 4096
 MARKERS = "osD^v<>pXh*"
 STYLES = ("-", "--", "-.", ":")
 STRATEGY_COLORS = {"walk": "tab:blue", "rmap": "tab:orange", "heuristic": "tab:green"}

@@ -9,8 +9,7 @@ from typing import Any
 from migrate.experiments.metrics import COLUMNS, row
 from migrate.experiments.results import PointResult
 from migrate.experiments.sweep import COMPARISON, key_label
-
-MIB = 1 << 20
+from migrate.units import MIB
 
 
 def csv_columns(axes: list[str]) -> list[str]:

@@ -21,7 +21,7 @@ import asyncio
 import time
 from typing import Protocol
 
-from vmmodel.workloads import NS_PER_S  # the model's; `from vmmodel import` once it exports it
+from vmmodel import NS_PER_S
 
 RATE_LIMIT_WINDOW_NS = 100_000_000  # QEMU: BUFFER_DELAY, 100 ms
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-NS_PER_S = 1_000_000_000
+from vmmodel import NS_PER_S
 
 
 class Decision(enum.Enum):
