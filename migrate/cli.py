@@ -221,8 +221,9 @@ def cmd_dest(args: argparse.Namespace) -> int:
         max_memory = units.parse_size(args.max_memory)
     except ValueError as err:
         raise UsageError(f"--max-memory: {err}") from None
-    if not args.idle_timeout > 0:
-        raise UsageError(f"--idle-timeout: {args.idle_timeout:g} is not a positive number")
+    if not (args.idle_timeout > 0 and math.isfinite(args.idle_timeout)):
+        raise UsageError(f"--idle-timeout: {args.idle_timeout:g} is not a positive, finite "
+                         "number of seconds")
     if not args.debug:
         logging.getLogger("aiohttp.server").addFilter(_one_line)
     return asyncio.run(_serve(host, port, token, max_memory // 4096, args.once,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from migrate import cli
-from tests.procs import BROKEN, ROOT, SMALL, TIMEOUT_S, load_json, terminate
+from tests.procs import BROKEN, ROOT, SMALL, TIMEOUT_S, load_json, precopy, terminate
 
 
 @pytest.mark.parametrize("runner", ["python -m pytest", "pytest"])
@@ -92,3 +92,12 @@ def test_a_reader_that_leaves_does_not_turn_a_failed_migration_into_success(tmp_
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     report = load_json(out)  # still written
     assert report["verified"] is False and report["lost-count"] > 0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_an_idle_timeout_that_is_not_a_positive_finite_number_is_refused(value):
+    # A child process, bounded: a destination that accepted the value would serve for ever.
+    proc = precopy("dest", "--listen", "127.0.0.1:0", f"--idle-timeout={value}", timeout=20)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--idle-timeout" in lines[0] and value in lines[0], proc.stderr

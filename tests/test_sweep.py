@@ -484,3 +484,15 @@ def test_progress_lines_without_a_terminal():
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[2/3] a: completed, verified, downtime 12.5 ms")
     assert lines[1].startswith("[3/3] b: ERROR (boom)") and "ETA 0:00" in lines[1]
+
+
+def test_a_sweep_file_is_read_as_a_config_is(tmp_path):
+    """A BOM is skipped and another encoding is named, as for a scenario file."""
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b'\xef\xbb\xbf[grid]\n"mmu.strategy" = ["walk"]\n')
+    assert load_sweep(bom).grid[0].values == ("walk",)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'description = "caf\xe9"\n')
+    proc = precopy("sweep", str(latin), "--dry-run")
+    assert proc.returncode == 2 and "not UTF-8" in proc.stderr and str(latin) in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

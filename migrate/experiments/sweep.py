@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.config import ConfigError, Scenario, load_scenario
+from migrate.config.reader import read_toml
 
 COMPARISON = "comparison"  # the axis that holds a point's comparison name
 SWEEP_KEYS = ("description", "base", "set", "comparisons", "grid", "report")
@@ -350,13 +351,7 @@ def load_sweep(path: str | Path) -> Sweep:
     """
     path = Path(path)
     where = f"sweep {path}"
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as err:
-        raise ConfigError(f"{where}: cannot read it: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{where}: {err}") from None
+    data = read_toml(path, where="sweep")  # a BOM skipped, bad encodings named, as configs
     return sweep_from_dict(data, where=where, relative_to=path.resolve().parent, source=str(path))
 
 
