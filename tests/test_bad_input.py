@@ -86,25 +86,34 @@ class Peer:
 
     async def send(self, path: str, body: bytes) -> tuple[int, str | None, list[str]]:
         """POST `body`; return the status, the error code and the log lines it caused."""
-        before = len(self.dest.lines)
+        before = await self.log_end()
         status, answer = await self.post(path, body)
         return status, answer.get("error"), await self.log_since(before)
 
     async def send_upgraded(self, path: str, body: bytes) -> tuple[int, str | None, list[str]]:
         """As `send`, over an upgraded page channel (the source's way)."""
-        before = len(self.dest.lines)
+        before = await self.log_end()
         status, code = await send_upgraded(self.dest.url, path, body)
         return UPGRADE_RESET if status is None else status, code, await self.log_since(before)
 
-    async def log_since(self, before: int) -> list[str]:
-        # The log is one ordered stream: a known line marks the end of what came before it.
+    async def _sentinel(self, since: int) -> int:
+        """Log a known line and wait for it; return its index. The log is one ordered
+        stream: whatever was logged before the sentinel's request comes before it."""
         sentinel = f"sentinel{next(self._sentinels)}"
         async with self.http.delete(f"{self.dest.url}/migrations/{sentinel}") as resp:
             assert resp.status == 404
-        wait_until(lambda: any(sentinel in line for line in self.dest.lines[before:]), 5,
+        wait_until(lambda: any(sentinel in line for line in self.dest.lines[since:]), 5,
                    "the sentinel log line")
-        lines = self.dest.lines[before:]
-        return lines[: next(i for i, line in enumerate(lines) if sentinel in line)]
+        lines = self.dest.lines
+        return next(i for i in range(since, len(lines)) if sentinel in lines[i])
+
+    async def log_end(self) -> int:
+        """Where the lines of the next request will start: after everything logged so far,
+        the late lines of an earlier test's clean-up included (the reader is a thread)."""
+        return await self._sentinel(0) + 1
+
+    async def log_since(self, before: int) -> list[str]:
+        return self.dest.lines[before:await self._sentinel(before)]
 
     async def assert_discarded(self, migration_id: str, failed_before: int) -> None:
         """Nothing left of it: not busy, one more failure, and COMPLETE cannot resume it."""
@@ -212,7 +221,7 @@ async def test_requests_that_follow_a_discard_log_nothing_more(peer):
     got, error, lines = await peer.send(f"/migrations/{migration_id}/pass/1", body)
     assert (got, error) == (status, code)
     _one_line(lines, code)
-    before = len(peer.dest.lines)
+    before = await peer.log_end()
     async with peer.http.delete(f"{peer.dest.url}/migrations/{migration_id}") as resp:
         assert (resp.status, (await resp.json())["error"]) == (404, "unknown-migration")
     got, error = await send_upgraded(peer.dest.url, f"/migrations/{migration_id}/pass/1", ONE)
@@ -427,7 +436,7 @@ def test_malformed_http_framing(split):
 def test_peer_gone_mid_body(dest):
     """A chunked pass whose sender vanishes halfway: discarded, one line, no traceback."""
     start = dest.status()
-    before = len(dest.lines)
+    before = len(dest.lines_until_marker()) + 1  # past every earlier line, late ones too
     host, port = dest.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         migration_id = _raw_hello(sock)
