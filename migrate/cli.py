@@ -133,8 +133,17 @@ def _check_json_path(text: str | None) -> None:
         raise UsageError(f"--json {text}: is a directory; give a file name")
     if not folder.is_dir():
         raise UsageError(f"--json {text}: no such folder {str(folder)!r}")
-    if not os.access(path if path.exists() else folder, os.W_OK):
-        raise UsageError(f"--json {text}: not writable")
+    # The report is written as FILE.tmp beside it, then renamed: try exactly that (root's
+    # os.access says yes to folders such as /proc that refuse every new file).
+    tmp = path.with_name(path.name + ".tmp")
+    existed = tmp.exists()
+    try:
+        with open(tmp, "a"):
+            pass
+    except OSError as err:
+        raise UsageError(f"--json {text}: not writable ({err.strerror})") from None
+    if not existed:
+        tmp.unlink()
 
 
 def _check_timeout(seconds: float) -> None:

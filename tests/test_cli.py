@@ -65,6 +65,12 @@ def test_an_unwritable_json_path_is_refused_before_the_migration(capsys, tmp_pat
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.skipif(not Path("/proc/version").is_file(), reason="needs Linux's /proc")
+def test_a_json_path_whose_folder_takes_no_new_file_is_refused(capsys):
+    """/proc/version exists, and root may write it, but its folder takes no FILE.tmp."""
+    _refused(capsys, ["run", str(SMALL), "--json", "/proc/version"], "--json", "not writable")
+
+
 def test_report_of_a_file_says_it_is_a_file(capsys, tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text("")
