@@ -124,3 +124,13 @@ class Report(Record):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(self.to_json() + "\n")
         tmp.replace(path)
+
+
+def config_value(report: Report, dotted: str, default: Any = None) -> Any:
+    """The scenario's value at `dotted` (`mmu.strategy`), as the report's config spells it."""
+    node: Any = report.config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from migrate.report import Report, RoundRecord
+from migrate.report import Report, RoundRecord, config_value
 from migrate.units import MIB
 
 STOP_AND_COPY = "stop-and-copy"
@@ -48,8 +48,9 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def summary_table(report: Report) -> str:
     ram, guest = report.ram, report.guest
-    mmu = report.config.get("mmu", {})
-    workload = report.config.get("guest", {}).get("workload", {})
+    def config(dotted: str) -> object:
+        return config_value(report, dotted, "?")
+
     verdict = "yes" if report.verified else "NO"
     why = [text for text in (report.error, forced_note(report)) if text]
     lines = [
@@ -57,9 +58,9 @@ def summary_table(report: Report) -> str:
         f"verified         {verdict}"
         + (f", {report.lost_count} lost pages: {report.lost_pages[:10]}"
            + (" ..." if report.lost_count > 10 else "") if report.lost_pages else ""),
-        f"scenario         {report.config.get('guest', {}).get('memory', '?')} guest, "
-        f"{workload.get('kind', '?')} workload, {mmu.get('shape', '?')} MMU, "
-        f"{mmu.get('strategy', '?')} harvest, {report.clock} clock, seed {report.seed}",
+        f"scenario         {config('guest.memory')} guest, "
+        f"{config('guest.workload.kind')} workload, {config('mmu.shape')} MMU, "
+        f"{config('mmu.strategy')} harvest, {report.clock} clock, seed {report.seed}",
         f"total-time       {report.total_time_ms:,.1f} ms (setup {report.setup_time_ms:,.1f} ms)",
         f"downtime         {report.downtime_ms:,.1f} ms "
         f"(expected {report.expected_downtime_ms:,.1f} ms)",

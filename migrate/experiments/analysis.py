@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from migrate import units
-from migrate.experiments.metrics import Harvest, config_value, converged, harvests
+from migrate.experiments.metrics import Harvest, converged, harvests
 from migrate.experiments.results import PointResult
 from migrate.experiments.sweep import COMPARISON, LINK, key_label, value_label
+from migrate.report import config_value
 
 STRATEGY_AXIS = "mmu.strategy"
 PREFERRED_X = ("guest.workload.rate", "link.bandwidth", "migration.max-bandwidth")
@@ -48,7 +49,7 @@ def axis_scale(axis: str) -> AxisScale:
     if "bandwidth" in last:
         return AxisScale(f"{key} (Gbit/s)", lambda v: units.parse_rate(v) * 8 / 1e9)
     if last in ("memory", "working-set", "vga-memory", "mapped-memory"):
-        return AxisScale(f"{key} (MiB)", lambda v: units.parse_size(v) / 2**20)
+        return AxisScale(f"{key} (MiB)", lambda v: units.parse_size(v) / units.MIB)
     if last in ("downtime-limit", "latency", "max-time", "slice", "duration"):
         return AxisScale(f"{key} (ms)", lambda v: units.parse_time_ns(v) / 1e6)
     return AxisScale(key, float)

@@ -15,7 +15,7 @@ from typing import Any
 
 from migrate import units
 from migrate.experiments.results import PointResult
-from migrate.report import Report, RoundRecord
+from migrate.report import Report, RoundRecord, config_value
 
 # Every column after the axes', in order.
 COLUMNS = (
@@ -55,16 +55,6 @@ class Harvest:
     def dirty_ratio(self) -> float:
         """nr_dirty_pages / n_used_mmu_pages: the heuristic takes rmap below 1."""
         return self.nr_dirty_pages / self.n_used_mmu_pages if self.n_used_mmu_pages else 0.0
-
-
-def config_value(report: Report, dotted: str, default: Any = None) -> Any:
-    """The scenario's value at `dotted` (`mmu.strategy`), as the report's config spells it."""
-    node: Any = report.config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 def downtime_limit_ms(report: Report) -> float | None:

@@ -28,9 +28,10 @@ from migrate.experiments.analysis import (
     group_by,
     series_label,
 )
-from migrate.experiments.metrics import config_value, converged, harvests, precopy_passes, row
+from migrate.experiments.metrics import converged, harvests, precopy_passes, row
 from migrate.experiments.results import PointResult
 from migrate.experiments.sweep import COMPARISON
+from migrate.report import config_value
 from migrate.units import MIB
 from vmmodel import PAGE_SIZE
 
