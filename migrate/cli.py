@@ -168,18 +168,28 @@ def _check_source_options(args: argparse.Namespace) -> None:
 
 
 async def _run_source(scenario: Scenario, url: str, args: argparse.Namespace) -> Report:
-    """Migrate, cancelling cleanly on SIGINT/SIGTERM (the report is still written)."""
+    """Migrate, cancelling cleanly on SIGINT/SIGTERM (the report is still written).
+
+    A plain signal handler, not the loop's: it runs between two bytecodes even while
+    the model runs a long synchronous stretch, and the model asks it between slices.
+    """
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+    stopped = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopped
+        stopped = True
+        loop.call_soon_threadsafe(task.cancel)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     progress = None if args.quiet else _print_progress
     try:
         return await migrate(scenario, url, token=_token(args), timeout_s=args.timeout,
-                             progress=progress)
+                             progress=progress, should_stop=lambda: stopped)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if task.cancelling():
             task.uncancel()
 

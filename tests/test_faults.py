@@ -298,6 +298,31 @@ def test_sigint_cancels_source(tmp_path):
         assert len(lines) == 1 and "discarded" in lines[0], lines
 
 
+def test_sigint_reaches_into_a_long_stretch_of_the_model(tmp_path):
+    """At a billion writes/s (an accepted rate) the model runs seconds of synchronous numpy
+    between two awaits; SIGINT is still heard at the next slice (it took 9-21 s before)."""
+    out = tmp_path / "r.json"
+    with LoggedDestination() as dest:
+        proc = start_precopy("source", str(SMALL), "--dest", dest.url, "--json", str(out),
+                             "--set", "guest.workload.rate=1e9",
+                             "--set", "migration.max-bandwidth=8MiB/s")
+        try:
+            _wait_streaming(dest)
+            proc.send_signal(signal.SIGINT)
+            sent = time.monotonic()
+            stdout, stderr = proc.communicate(timeout=30)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 1, stderr
+        report = load_json(out)
+        assert report["status"] == "cancelled", report["error"]
+        assert report["error"].startswith("cancelled by the user"), report["error"]
+        assert took < 10, f"SIGINT took {took:.1f} s to stop the source"
+
+
 @pytest.mark.parametrize("whom", ["process", "group", "child-first"])
 def test_sigint_cancels_run(tmp_path, whom):
     """`precopy run`, interrupted alone or with its destination child (Ctrl-C: the group,

@@ -28,7 +28,7 @@ from vmmodel import (
     Vm,
     WorkloadSpec,
 )
-from vmmodel.vm import MAX_SLICES_PER_ADVANCE
+from vmmodel.vm import MAX_SLICES_PER_ADVANCE, GuestInterrupted
 
 # ------------------------------------------------------------------ validation names the field
 
@@ -358,3 +358,17 @@ def test_a_long_stretch_agrees_with_slice_by_slice(make_vm, kind, extra):
     if kind == "idle":
         assert coarse.stats == fine.stats
         np.testing.assert_array_equal(coarse.memory.write_count, fine.memory.write_count)
+
+
+def test_should_stop_is_asked_between_slices(make_vm):
+    """A long stretch stops at the first slice boundary after its caller says stop (Ctrl-C
+    in the CLI), leaving the model whole: time and writes end on that slice."""
+    vm = make_vm("tdp", "uniform", pages=2048, rate=2_000.0)
+    start, slice_ns = vm.now_ns, vm.guest.slice_ns
+    asked = []
+    vm.should_stop = lambda: asked.append(vm.now_ns) or len(asked) >= 3
+    with pytest.raises(GuestInterrupted):
+        vm.advance(1e9)
+    assert asked == [start + k * slice_ns for k in (1, 2, 3)]
+    assert vm.now_ns == start + 3 * slice_ns
+    assert vm.mmu.check_consistency() == []

@@ -26,11 +26,11 @@ from vmmodel.spec import (
     SpecError,
     WorkloadSpec,
 )
-from vmmodel.vm import GuestStats, Vm
+from vmmodel.vm import GuestInterrupted, GuestStats, Vm
 
 __all__ = [
     "BROKEN_STRATEGIES", "CORRECT_STRATEGIES", "MAX_GUEST_PAGES", "MAX_WRITE_RATE",
     "MIN_SLICE_NS", "MMU_SHAPES", "NS_PER_S", "PAGE_SIZE", "STRATEGIES", "WORKLOAD_KINDS",
-    "CostTable", "DirtyLogAudit", "GuestSpec", "GuestStats", "HarvestResult", "MmuSpec",
-    "SpecError", "Vm", "WorkloadSpec", "text_pages",
+    "CostTable", "DirtyLogAudit", "GuestInterrupted", "GuestSpec", "GuestStats",
+    "HarvestResult", "MmuSpec", "SpecError", "Vm", "WorkloadSpec", "text_pages",
 ]

@@ -11,6 +11,7 @@ running. Everything is deterministic for a given seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,7 @@ from vmmodel.layout import shadow_layout, tdp_layout
 from vmmodel.lock import MmuLock
 from vmmodel.memory import KVM_MEM_LOG_DIRTY_PAGES, GuestMemory, MemSlot
 from vmmodel.mmu import Mmu, unique_ids
-from vmmodel.spec import GuestSpec, MmuSpec, SpecError
+from vmmodel.spec import NS_PER_S, GuestSpec, MmuSpec, SpecError
 from vmmodel.tlb import Tlbs
 from vmmodel.workloads import make_workload
 
@@ -37,6 +38,14 @@ KVM_MIN_ALLOC_MMU_PAGES = 64
 # guest time at the default 1 ms slice; the engine advances batch by batch, within 100 ms
 # rate-limit windows, so a shipped scenario never reaches it.
 MAX_SLICES_PER_ADVANCE = 1024
+
+
+class GuestInterrupted(Exception):
+    """The caller's `should_stop` said stop: raised between two slices, so the model is whole."""
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass
@@ -89,6 +98,8 @@ class Vm:
         self.workload = make_workload(guest.workload, ram, vga, self.rng)
         self.now_ns = 0.0
         self.paused = False
+        # Asked between slices: a long synchronous stretch stays interruptible (Ctrl-C).
+        self.should_stop: Callable[[], bool] = _never
         self._throttle = 0.0  # share of each vCPU's time taken away (auto-converge)
         self.stats = GuestStats()
         self._debt_ns = np.zeros(guest.vcpus)  # vCPU time owed to faults and stalls
@@ -207,6 +218,8 @@ class Vm:
                 step = min(slice_ns, end - self.now_ns)
                 self._run_slice(self.now_ns, step)
                 self.now_ns += step
+                if self.should_stop():
+                    raise GuestInterrupted(f"stopped at {self.now_ns / NS_PER_S:.3f} s guest time")
         self.lock.expire(self.now_ns)
 
     def advance_to(self, t_ns: float) -> None:

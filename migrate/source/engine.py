@@ -27,7 +27,7 @@ from migrate.source.clock import NS_PER_S, make_clock
 from migrate.source.datapath import PassTraffic
 from migrate.source.link import Link
 from migrate.source.policy import AutoConverge, Decision, PassFigures, decide
-from vmmodel import PAGE_SIZE, GuestStats, HarvestResult, Vm
+from vmmodel import PAGE_SIZE, GuestInterrupted, GuestStats, HarvestResult, Vm
 
 log = logging.getLogger("precopy.source")
 NS_PER_MS = 1e6
@@ -42,11 +42,14 @@ class Source:
     """One migration of one guest to one destination."""
 
     def __init__(self, scenario: Scenario, client: DestinationClient, *,
-                 progress: Callable[[RoundRecord], None] | None = None) -> None:
+                 progress: Callable[[RoundRecord], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.scenario = scenario
         self.client = client
         self.progress = progress
         self.vm = Vm(scenario.guest, scenario.mmu, scenario.costs, scenario.seed)
+        if should_stop is not None:
+            self.vm.should_stop = should_stop  # Ctrl-C reaches into a long guest stretch
         self.bandwidth_bps = min(scenario.link.bandwidth_bps, scenario.migration.max_bandwidth_bps)
         self.clock = make_clock(scenario.clock)
         self.link = Link(self.clock, self.bandwidth_bps)
@@ -85,8 +88,11 @@ class Source:
                     break
                 pass_no += 1
             await self.stop_and_copy(pass_no + 1, pending)
-        except (MigrationCancelled, asyncio.CancelledError) as err:
-            await self._abort("cancelled", str(err) or "cancelled by the user")
+        except (MigrationCancelled, GuestInterrupted, asyncio.CancelledError) as err:
+            why = str(err) or "cancelled by the user"
+            if isinstance(err, GuestInterrupted):
+                why = f"cancelled by the user ({why})"
+            await self._abort("cancelled", why)
         except (DestinationError, ProtocolError, OSError) as err:
             await self._abort("failed", str(err))
         except Exception as err:  # a bug of ours: still, the guest stays here, running
@@ -331,7 +337,12 @@ _NO_GFNS = np.empty(0, dtype=np.int64)
 
 async def migrate(scenario: Scenario, dest_url: str, *, token: str | None = None,
                   timeout_s: float = 30.0,
-                  progress: Callable[[RoundRecord], None] | None = None) -> Report:
-    """Run one migration of `scenario` to the destination at `dest_url`."""
+                  progress: Callable[[RoundRecord], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> Report:
+    """Run one migration of `scenario` to the destination at `dest_url`.
+
+    `should_stop` is asked between guest slices; once it says yes the migration is
+    cancelled, even in the middle of a long synchronous stretch of the model.
+    """
     async with DestinationClient(dest_url, token=token, timeout_s=timeout_s) as client:
-        return await Source(scenario, client, progress=progress).run()
+        return await Source(scenario, client, progress=progress, should_stop=should_stop).run()
