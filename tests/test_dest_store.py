@@ -59,7 +59,7 @@ def test_zero_digest_is_the_digest_of_a_zero_page():
 @pytest.mark.parametrize("store", ["image", "digests"])
 def test_store_keeps_the_latest_pass_and_digests_like_the_source(store):
     receiver, incoming, expected = _apply_races(store)
-    assert incoming.store.name == store
+    assert incoming.store.name == store and receiver.status()["store"] == store
     assert np.array_equal(incoming.store.digests(), page_digests(expected))
     assert incoming.page_pass[[10, 11, 12, 13, 14, 15]].tolist() == [2, 2, 2, 3, 1, 0]
     assert incoming.pages_received == 9 and incoming.zero_pages == 2

@@ -253,6 +253,7 @@ class Receiver:
         return {
             "busy": current is not None,
             "migration": None if current is None else current.id,
+            "store": None if current is None else current.store.name,
             "streams": 0 if current is None else current.streams,
             "pages-received": 0 if current is None else current.pages_received,
             "completed": self.completed,
