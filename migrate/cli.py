@@ -25,6 +25,7 @@ from aiohttp import web
 from migrate import units
 from migrate.config import ConfigError, Scenario, load_scenario
 from migrate.dest.server import IDLE_TIMEOUT_S, make_app
+from migrate.dest.store import STORES
 from migrate.launch import DestinationProcess
 from migrate.malloc import raise_malloc_thresholds
 from migrate.report import Report, RoundRecord
@@ -246,11 +247,11 @@ def cmd_dest(args: argparse.Namespace) -> int:
     if not args.debug:
         logging.getLogger("aiohttp.server").addFilter(_one_line)
     return asyncio.run(_serve(host, port, token, max_memory // 4096, args.once,
-                              idle_timeout_s=args.idle_timeout))
+                              idle_timeout_s=args.idle_timeout, store=args.store))
 
 
 async def _serve(host: str, port: int, token: str | None, max_pages: int, once: bool, *,
-                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> int:
+                 idle_timeout_s: float = IDLE_TIMEOUT_S, store: str = "auto") -> int:
     stop = asyncio.Event()
     outcome: list[bool] = []
 
@@ -259,7 +260,7 @@ async def _serve(host: str, port: int, token: str | None, max_pages: int, once: 
         if once:
             stop.set()
 
-    app = make_app(max_memory_pages=max_pages, token=token, on_finish=on_finish,
+    app = make_app(max_memory_pages=max_pages, store=store, token=token, on_finish=on_finish,
                    idle_timeout_s=idle_timeout_s)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -369,7 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discard a migration whose source sends nothing for this long "
                         f"(default {IDLE_TIMEOUT_S:g})")
     p.add_argument("--max-memory", default="64GiB", metavar="SIZE",
-                   help="refuse guests larger than this (default 64GiB)")
+                   help="refuse a guest whose store would hold more than this: its image, "
+                        "or 12 bytes a page for its digests (default 64GiB)")
+    p.add_argument("--store", choices=STORES, default="auto",
+                   help="what is kept of each page: its bytes (image), its digest (digests), "
+                        "or the image while it fits in --max-memory, else the digests "
+                        "(auto, the default)")
     p.add_argument("--token", help="require this token (default: $PRECOPY_TOKEN)")
     p.set_defaults(func=cmd_dest)
 

@@ -66,9 +66,16 @@ _markers = itertools.count()
 
 
 class LoggedDestination(Destination):
-    """`precopy dest` on 127.0.0.1 whose stderr (its log) is collected line by line."""
+    """`precopy dest` on 127.0.0.1 whose stderr (its log) is collected line by line.
+
+    The image store unless *extra* names one: these tests' --max-memory bounds the
+    guest's size, as it does with the image (`tests/test_dest_store.py` runs them
+    again with the digests).
+    """
 
     def __init__(self, *extra: str, env: dict[str, str] | None = None) -> None:
+        if "--store" not in extra:
+            extra = (*extra, "--store", "image")
         super().__init__(*extra, env=env)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

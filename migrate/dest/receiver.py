@@ -1,10 +1,11 @@
-"""The destination's state: at most one incoming guest image, and the checks on it.
+"""The destination's state: at most one incoming guest, and the checks on it.
 
 Plain synchronous code: the aiohttp handlers parse frames and hand them here.
 A page is stored only if it comes from the same or a later pass than the
 version already held, so batches of two passes racing on parallel channels
 still leave the later version. Nothing resumes unless every page's digest
-equals the source's.
+equals the source's. What is kept of each page, its bytes or its digest, is
+the `PageStore`'s (`migrate.dest.store`); the checks are the same for both.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from migrate import wire
-from migrate.digest import diff_pages, memory_digest, page_digests
+from migrate.dest.store import STORES, DigestStore, ImageStore, PageStore, choose
+from migrate.digest import diff_pages, memory_digest
 from migrate.errors import (
     BadControlMessage,
     MemoryTooLarge,
@@ -42,9 +44,7 @@ class Incoming:
     id: str
     npages: int
     hello: dict[str, Any]
-    memory: np.ndarray
-    page_pass: np.ndarray  # the pass each page's content came from (0: never received)
-    zero: np.ndarray  # whether each page is known to hold zeros (never received, or ZERO)
+    store: PageStore
     passes_ended: int = 0
     # Passes that some of their channels have ended: pass -> (channels, those that ended).
     ending: dict[int, tuple[int, set[int]]] = field(default_factory=dict)
@@ -54,6 +54,21 @@ class Incoming:
     streams: int = 0  # page streams open now
     completing: bool = False  # COMPLETE received: no more pages, no second COMPLETE
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def page_pass(self) -> np.ndarray:
+        """The pass each page's content came from (0: never received)."""
+        return self.store.page_pass
+
+    @property
+    def memory(self) -> np.ndarray:
+        """The image received (the image store only)."""
+        return self.store.memory  # type: ignore[attr-defined]
+
+    @property
+    def zero(self) -> np.ndarray:
+        """Whether each page is known to hold zeros (the image store only)."""
+        return self.store.zero  # type: ignore[attr-defined]
 
 
 def _int_field(info: dict[str, Any], key: str, low: int, high: int | None = None) -> int:
@@ -66,15 +81,21 @@ def _int_field(info: dict[str, Any], key: str, low: int, high: int | None = None
 
 
 class Receiver:
-    """The destination's one guest image at a time: HELLO starts it, `finish` ends it.
+    """The destination's one guest at a time: HELLO starts it, `finish` ends it.
 
     *on_finish(ok)* is called once per migration, whoever ends it (COMPLETE, a
-    cancel, a refusal, the watchdog), after its one log line.
+    cancel, a refusal, the watchdog), after its one log line. *store* is
+    `image`, `digests` or `auto` (the image while it fits in *max_memory_pages*
+    pages of host memory, else the digests); --max-memory bounds what the
+    chosen store holds, not the guest's size.
     """
 
-    def __init__(self, *, max_memory_pages: int,
+    def __init__(self, *, max_memory_pages: int, store: str = "image",
                  on_finish: Callable[[bool], object] | None = None) -> None:
+        if store not in STORES:
+            raise ValueError(f"unknown store {store!r} (expected one of {', '.join(STORES)})")
         self.max_memory_pages = max_memory_pages
+        self.store = store
         self.on_finish = on_finish
         self.current: Incoming | None = None
         self.completed = 0
@@ -89,21 +110,25 @@ class Receiver:
         if info.get("page-size") != wire.PAGE_SIZE:
             raise BadControlMessage(f"HELLO page-size must be {wire.PAGE_SIZE}")
         npages = _int_field(info, "memory-pages", 1)
-        if npages > self.max_memory_pages:
-            raise MemoryTooLarge(
-                f"guest of {npages} pages exceeds --max-memory ({self.max_memory_pages} pages)"
-            )
-        incoming = Incoming(
-            id=uuid.uuid4().hex[:12],
-            npages=npages,
-            hello=info,
-            memory=np.zeros((npages, wire.PAGE_SIZE), dtype=np.uint8),
-            page_pass=np.zeros(npages, dtype=np.uint32),
-            zero=np.ones(npages, dtype=bool),
-        )
+        max_bytes = self.max_memory_pages * wire.PAGE_SIZE
+        kind = choose(self.store, npages, max_bytes)
+        if kind is None:
+            raise MemoryTooLarge(self._too_large(npages))
+        incoming = Incoming(id=uuid.uuid4().hex[:12], npages=npages, hello=info,
+                            store=kind(npages))
         self.current = incoming
-        log.info("migration %s: receiving %d pages", incoming.id, npages)
+        log.info("migration %s: receiving %d pages (store: %s)", incoming.id, npages, kind.name)
         return incoming
+
+    def _too_large(self, npages: int) -> str:
+        """Why a guest of *npages* is refused: what the store would hold, and the bound."""
+        if self.store == "image":
+            what, need = "its image", ImageStore.held_bytes(npages)
+            hint = "; --store digests holds 12 bytes a page"
+        else:
+            what, need, hint = "its digests", DigestStore.held_bytes(npages), ""
+        return (f"guest of {npages} pages exceeds --max-memory ({self.max_memory_pages} pages): "
+                f"{what} would need {need} bytes{hint}")
 
     def get(self, migration_id: str) -> Incoming:
         if self.current is None or self.current.id != migration_id:
@@ -135,23 +160,16 @@ class Receiver:
 
         A page already holding a later pass's content keeps it, so batches of
         two passes racing on parallel channels leave the later version in
-        whatever order they arrive. A ZERO page is written only if the page
-        may hold something else (the image starts zeroed).
+        whatever order they arrive.
         """
         self.check_pass(incoming, batch.pass_no)
+        store = incoming.store
         if len(batch.normal_gfns):
-            keep = _not_newer(incoming.page_pass, batch.normal_gfns, batch.pass_no)
-            gfns, content = batch.normal_gfns[keep], batch.pages[keep]
-            _store(incoming.memory, gfns, content)
-            incoming.page_pass[gfns] = batch.pass_no
-            incoming.zero[gfns] = False
+            keep = _not_newer(store.page_pass, batch.normal_gfns, batch.pass_no)
+            store.put(batch.normal_gfns[keep], batch.pages[keep], batch.pass_no)
         if len(batch.zero_gfns):
-            gfns = batch.zero_gfns[_not_newer(incoming.page_pass, batch.zero_gfns, batch.pass_no)]
-            stale = gfns[~incoming.zero[gfns]]
-            if len(stale):
-                incoming.memory[stale] = 0
-            incoming.page_pass[gfns] = batch.pass_no
-            incoming.zero[gfns] = True
+            keep = _not_newer(store.page_pass, batch.zero_gfns, batch.pass_no)
+            store.put_zero(batch.zero_gfns[keep], batch.pass_no)
         incoming.pages_received += len(batch.gfns)
         incoming.zero_pages += len(batch.zero_gfns)
 
@@ -196,7 +214,7 @@ class Receiver:
         is still there to hear it.
         """
         started = time.perf_counter()
-        mine = page_digests(incoming.memory)
+        mine = incoming.store.digests()
         lost = diff_pages(source, mine)
         verified = len(lost) == 0
         result = {
@@ -235,6 +253,7 @@ class Receiver:
         return {
             "busy": current is not None,
             "migration": None if current is None else current.id,
+            "store": None if current is None else current.store.name,
             "streams": 0 if current is None else current.streams,
             "pages-received": 0 if current is None else current.pages_received,
             "completed": self.completed,
@@ -251,13 +270,3 @@ def _not_newer(page_pass: np.ndarray, gfns: np.ndarray, pass_no: int) -> slice |
     keep = page_pass[gfns] <= pass_no
     return slice(None) if keep.all() else keep
 
-
-def _store(memory: np.ndarray, gfns: np.ndarray, content: np.ndarray) -> None:
-    """``memory[gfns] = content``; one memcpy when *gfns* are a run (a first pass)."""
-    if not len(gfns):
-        return
-    first = wire.run_start(gfns)
-    if first is not None:
-        memory[first : first + len(gfns)] = content
-    else:
-        memory[gfns] = content

@@ -282,17 +282,19 @@ async def get_status(request: web.Request) -> web.Response:
 def make_app(
     *,
     max_memory_pages: int,
+    store: str = "image",
     token: str | None = None,
     on_finish: Callable[[bool], Any] | None = None,
     idle_timeout_s: float = IDLE_TIMEOUT_S,
 ) -> web.Application:
     """Build the destination application. `on_finish(ok)` is called after each migration;
-    a source silent for `idle_timeout_s` loses its migration."""
+    a source silent for `idle_timeout_s` loses its migration; *store* is the `Receiver`'s."""
     app = web.Application(
         middlewares=[errors_middleware, token_middleware, watch_middleware],
         client_max_size=HELLO_MAX_BODY,
     )
-    app[RECEIVER] = Receiver(max_memory_pages=max_memory_pages, on_finish=on_finish)
+    app[RECEIVER] = Receiver(max_memory_pages=max_memory_pages, store=store,
+                             on_finish=on_finish)
     app[WATCHDOG] = Watchdog(idle_timeout_s)
     app.cleanup_ctx.append(_run_watchdog)
     if token:
