@@ -110,6 +110,13 @@ def test_auto_picks_generated_from_its_size_up():
         GuestSpec(memory_backing="mmap")
 
 
+def test_a_generated_image_cannot_be_written_by_mistake():
+    """Writing a generated guest's `pages` would change nothing the guest holds: refused."""
+    memory = GeneratedMemory(1024)
+    with pytest.raises(ValueError, match="read-only"):
+        memory.pages[3] = 1
+
+
 def test_a_large_generated_guest_holds_no_page_bytes():
     """A prefilled 4 GiB generated guest's memory holds 9 B per page, not 4 KiB: < 100 MiB."""
     guest = load_scenario(None, ["guest.memory=4GiB", "guest.memory-backing=generated"]).guest
@@ -122,6 +129,8 @@ def test_a_large_generated_guest_holds_no_page_bytes():
 
 def test_the_key_is_read_and_echoed_only_when_set():
     assert load_scenario(None).guest.memory_backing == "auto"
+    assert Vm(load_scenario(SMALL).guest, MmuSpec(), load_scenario(None).costs, 1).memory.kind \
+        == "stored"
     assert "memory-backing" not in load_scenario(None).to_dict()["guest"]  # reports unchanged
     s = load_scenario(None, ["guest.memory-backing=generated"])
     assert s.guest.memory_backing == "generated"

@@ -104,7 +104,7 @@ GUEST_SCHEMA: tuple[SpecKey, ...] = (
     _k("vga_pages", "vga-memory", Special(), "size of the framebuffer slot (whole 4 KiB pages)"),
     _k("memory_backing", "memory-backing", Choice(MEMORY_BACKINGS),
        "how the source holds the pages: `stored` (4 KiB each), `generated` (from each page's "
-       "template and write count, 9 B each), `auto` (generated from 4 GiB up); never changes "
+       "template and write count, 9 B each), `auto` (generated from 1 GiB up); never changes "
        "a result (see [Memory backing](#memory-backing))"),
 )
 
