@@ -235,7 +235,7 @@ class GeneratedMemory(GuestMemory):
             out[:] = 0
         elif ids is None and template.all():  # one pool, every page from it: one take
             pool = self.pools[0]
-            np.take(pool, gfns % len(pool), axis=0, out=out)
+            np.take(pool, gfns % len(pool), axis=0, out=out, mode="clip")  # in range: unbuffered
         else:
             for tid in (ids if ids is not None else (0, 1)):  # a few pools, not per page
                 sel = template == tid
