@@ -56,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple, Protocol
@@ -318,7 +318,51 @@ def encode_gathered(
             payload[:] = memory[first : first + n_normal]
         else:
             np.take(memory, normal_gfns, axis=0, out=payload, mode="clip")  # checked above
+    return _seal(buf, pass_no, n, n_zero, payload_off, compress)
 
+
+def encode_read(
+    pass_no: int, gfns: np.ndarray, zero: np.ndarray,
+    read: Callable[[np.ndarray, np.ndarray], None], *, compress: bool = False,
+) -> PagesFrame:
+    """Encode the pages at *gfns* as one PAGES frame, their bytes written by *read*.
+
+    For guest memory that has no array to gather from (a generated backing):
+    *zero* says which pages are zero pages, and ``read(normal_gfns, out)``
+    writes the others' bytes straight into the frame's payload. The frame is
+    the one ``encode_gathered`` makes of the same bytes, lz4 included.
+    Raise ``ValueError`` for arrays of the wrong shape or dtype.
+    """
+    _check_pass(pass_no)
+    gfns = np.asarray(gfns)
+    zero = np.asarray(zero)
+    if gfns.ndim != 1 or gfns.dtype.kind not in "iu" or zero.shape != gfns.shape:
+        raise ValueError(f"gfns must be a 1-D integer array with a zero flag each, got "
+                         f"{gfns.dtype} {gfns.shape} and {zero.shape}")
+    n = gfns.shape[0]
+    if n > _U32_MAX:
+        raise ValueError(f"{n} pages do not fit in one batch")
+    n_zero = int(np.count_nonzero(zero))
+    n_normal = n - n_zero
+    layout = pages_layout(n)
+    gfns_off, kinds_off = HEADER_SIZE + layout.gfns, HEADER_SIZE + layout.kinds
+    pad_off, payload_off = HEADER_SIZE + layout.padding, HEADER_SIZE + layout.payload
+    buf = np.empty(payload_off + n_normal * PAGE_SIZE, dtype=np.uint8)
+    _PAGES_PREFIX.pack_into(buf, HEADER_SIZE, n, 0)
+    buf[gfns_off:kinds_off].view(_GFN_DTYPE)[:] = gfns
+    buf[kinds_off : kinds_off + n] = zero
+    buf[pad_off:payload_off] = 0
+    if n_normal:
+        read(gfns if not n_zero else gfns[~zero],
+             buf[payload_off:].reshape(n_normal, PAGE_SIZE))
+    return _seal(buf, pass_no, n, n_zero, payload_off, compress)
+
+
+def _seal(buf: np.ndarray, pass_no: int, n: int, n_zero: int, payload_off: int,
+          compress: bool) -> PagesFrame:
+    """Finish a PAGES frame whose metadata and payload are in *buf*: lz4 it or not, then head it."""
+    n_normal = n - n_zero
+    raw_bytes = n_normal * PAGE_SIZE
     frame = dict(n_pages=n, n_zero=n_zero, n_normal=n_normal, payload_raw_bytes=raw_bytes)
     if compress and n_normal:
         packed = lz4.block.compress(memoryview(buf)[payload_off:], store_size=False)

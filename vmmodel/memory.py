@@ -1,20 +1,26 @@
-"""Guest memory: memslots with their dirty bitmaps, and the pages' real bytes.
+"""Guest memory: memslots with their dirty bitmaps, and the pages' bytes behind one interface.
 
-Every slot's pages live in one array indexed by global gfn, so the migration
-can gather any set of pages with one `np.take`. A write stamps the page with
-its gfn and its write counter, so two versions of a page always differ and a
-mismatch at the destination can be named.
+A write stamps the page with its gfn and its write counter, so two versions
+of a page always differ and a mismatch at the destination can be named. The
+bytes are either kept, every slot's pages in one array indexed by global gfn
+(`StoredMemory`), or generated on demand from the template each page took and
+its stamp (`GeneratedMemory`): same bytes, 9 B per page instead of 4 KiB.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from vmmodel.spec import PAGE_SIZE
+from vmmodel.spec import MEMORY_BACKINGS, PAGE_SIZE
 
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 WORDS_PER_PAGE = PAGE_SIZE // 8
 BITS_PER_LONG = 64
+READ_CHUNK_PAGES = 16_384  # 64 MiB of pages: what a whole-memory read holds at once
+# `auto` generates a guest's pages from this size up (the default guest's): generated was
+# measured faster at 1 and 8 GiB and holds 9 B per page. Below it the stored array costs at
+# most 1 GiB of calloc'd memory, and a test (or a trace) may write any bytes into it.
+AUTO_GENERATED_PAGES = 1 << 18  # 1 GiB
 
 
 class MemSlot:
@@ -67,33 +73,202 @@ class MemSlot:
 
 
 class GuestMemory:
-    """The bytes of every guest page, and how often each page has been written.
+    """How the host backs the guest's pages: one interface, two implementations.
 
     `write_count` is the ground truth the tests and the audit compare
-    against: it moves on every slice in which the page is written.
+    against: it moves on every slice in which the page is written. A page's
+    bytes are a function of what the model knows (its template, its gfn and
+    its count), so a backing may keep them (`StoredMemory`) or regenerate them
+    when the migration reads them (`GeneratedMemory`): the bytes are the same.
     """
 
+    kind = "abstract"
+
     def __init__(self, npages: int) -> None:
-        # np.zeros is calloc: untouched pages cost no host memory.
-        self.pages = np.zeros((npages, PAGE_SIZE), dtype=np.uint8)
-        self.words = self.pages.view(np.uint64).reshape(npages, WORDS_PER_PAGE)
         self.write_count = np.zeros(npages, dtype=np.uint64)
 
     @property
     def npages(self) -> int:
-        return self.pages.shape[0]
+        return self.write_count.shape[0]
+
+    @property
+    def array(self) -> np.ndarray | None:
+        """The (npages, 4096) array of every page if the backing keeps one, else None.
+
+        A reader with an array reads pages in place (no copy); else it asks `read`.
+        """
+        return None
+
+    @property
+    def pages(self) -> np.ndarray:
+        """Every page's bytes as one (npages, 4096) array.
+
+        The stored backing's own array; a generated one builds it whole, which
+        costs 4 KiB per page: for tests and small guests, never a hot path. It
+        is read-only, as a write into it would change nothing the guest holds.
+        """
+        out = np.empty((self.npages, PAGE_SIZE), dtype=np.uint8)
+        for start in range(0, self.npages, READ_CHUNK_PAGES):
+            stop = min(self.npages, start + READ_CHUNK_PAGES)
+            self.read(np.arange(start, stop, dtype=np.int64), out[start:stop])
+        out.flags.writeable = False
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Host bytes the backing's arrays hold (pages never touched in a calloc'd array too)."""
+        raise NotImplementedError
 
     def stamp(self, gfns: np.ndarray) -> None:
         """Write each page of `gfns` (unique): bump its counter and stamp gfn and counter."""
+        raise NotImplementedError
+
+    def fill(self, gfns: np.ndarray, pool: np.ndarray) -> None:
+        """Give pages (unique) `pool[gfn % len(pool)]`, then stamp them, as a program would."""
+        raise NotImplementedError
+
+    def read(self, gfns: np.ndarray, out: np.ndarray) -> None:
+        """Write the bytes of the pages `gfns` (valid) into `out`, (len(gfns), 4096) uint8."""
+        raise NotImplementedError
+
+    def zero_mask(self, gfns: np.ndarray) -> np.ndarray:
+        """Return, for each of `gfns`, whether its page is all zeros (QEMU's zero page)."""
+        raise NotImplementedError
+
+
+class StoredMemory(GuestMemory):
+    """Every page's 4 KiB in one array indexed by global gfn: the simple backing.
+
+    The migration gathers any set of pages from it with one `np.take`, or a
+    memcpy for a run. It is what a trace of real page contents would need.
+    """
+
+    kind = "stored"
+
+    def __init__(self, npages: int) -> None:
+        super().__init__(npages)
+        # np.zeros is calloc: untouched pages cost no host memory.
+        self._pages = np.zeros((npages, PAGE_SIZE), dtype=np.uint8)
+        self.words = self._pages.view(np.uint64).reshape(npages, WORDS_PER_PAGE)
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._pages
+
+    @property
+    def pages(self) -> np.ndarray:
+        return self._pages
+
+    @property
+    def nbytes(self) -> int:
+        return self._pages.nbytes + self.write_count.nbytes
+
+    def stamp(self, gfns: np.ndarray) -> None:
         count = self.write_count[gfns] + 1
         self.write_count[gfns] = count
         # One scatter of both words: each page is a cache (and host TLB) miss, so touch it once.
         self.words[gfns, :2] = np.stack([gfns.astype(np.uint64), count], axis=1)
 
     def fill(self, gfns: np.ndarray, pool: np.ndarray) -> None:
-        """Give pages content from a pool of template pages, as a program filling memory."""
-        chunk = 16_384
-        for start in range(0, len(gfns), chunk):  # bounded temporaries, not per page
-            part = gfns[start : start + chunk]
-            self.pages[part] = pool[part % len(pool)]
+        for start in range(0, len(gfns), READ_CHUNK_PAGES):  # bounded temporaries, not per page
+            part = gfns[start : start + READ_CHUNK_PAGES]
+            self._pages[part] = pool[part % len(pool)]
         self.stamp(gfns)
+
+    def read(self, gfns: np.ndarray, out: np.ndarray) -> None:
+        np.take(self._pages, gfns, axis=0, out=out)
+
+    def zero_mask(self, gfns: np.ndarray) -> np.ndarray:
+        words = self.words
+        zero = words[gfns, 0] == 0  # a page whose first word is set is not zero: one read
+        if zero.any():
+            zero[zero] = np.bitwise_or.reduce(words[gfns[zero]], axis=1) == 0
+        return zero
+
+
+class GeneratedMemory(GuestMemory):
+    """No page bytes at all: a page is its template plus its stamp, generated when read.
+
+    Per page it keeps the write counter (8 B) and a template id (1 B: 0 is
+    the zero page, k is the k-th pool `fill` was given); the pools themselves
+    are a few hundred KiB. `read` rebuilds exactly the bytes `StoredMemory`
+    would hold: `pool[gfn % len(pool)]` (or zeros), then (gfn, count) in the
+    first two u64 words if the page was ever written.
+    """
+
+    kind = "generated"
+    MAX_POOLS = 255  # template ids are a uint8, 0 being the zero page
+
+    def __init__(self, npages: int) -> None:
+        super().__init__(npages)
+        self.template = np.zeros(npages, dtype=np.uint8)
+        self.pools: list[np.ndarray] = []
+
+    @property
+    def nbytes(self) -> int:
+        pools = sum(p.nbytes for p in self.pools)
+        return self.write_count.nbytes + self.template.nbytes + pools
+
+    def _pool_id(self, pool: np.ndarray) -> int:
+        """The template id of `pool`, registered on first use (a pool is an immutable copy)."""
+        for i, known in enumerate(self.pools):
+            if known is pool or (known.shape == pool.shape and np.array_equal(known, pool)):
+                return i + 1
+        if len(self.pools) >= self.MAX_POOLS:
+            raise ValueError(f"more than {self.MAX_POOLS} template pools")
+        if pool.ndim != 2 or pool.shape[1] != PAGE_SIZE or pool.dtype != np.uint8 or not len(pool):
+            raise ValueError(f"a pool must be (n, {PAGE_SIZE}) uint8, got {pool.shape}")
+        self.pools.append(pool.copy())
+        return len(self.pools)
+
+    def stamp(self, gfns: np.ndarray) -> None:
+        self.write_count[gfns] += 1
+
+    def fill(self, gfns: np.ndarray, pool: np.ndarray) -> None:
+        self.template[gfns] = self._pool_id(pool)
+        self.stamp(gfns)
+
+    def read(self, gfns: np.ndarray, out: np.ndarray) -> None:
+        template = self.template[gfns]
+        ids = np.unique(template) if len(self.pools) > 1 else None
+        if ids is None and (len(self.pools) == 0 or not template.any()):
+            out[:] = 0
+        elif ids is None and template.all():  # one pool, every page from it: one take
+            pool = self.pools[0]
+            np.take(pool, gfns % len(pool), axis=0, out=out, mode="clip")  # in range: unbuffered
+        else:
+            for tid in (ids if ids is not None else (0, 1)):  # a few pools, not per page
+                sel = template == tid
+                if not tid:
+                    out[sel] = 0
+                else:
+                    pool = self.pools[tid - 1]
+                    out[sel] = pool[gfns[sel] % len(pool)]
+        count = self.write_count[gfns]
+        words = out.view(np.uint64)
+        written = count != 0
+        if written.all():
+            words[:, 0] = gfns.astype(np.uint64)
+            words[:, 1] = count
+        elif written.any():
+            words[written, 0] = gfns[written].astype(np.uint64)
+            words[written, 1] = count[written]
+
+    def zero_mask(self, gfns: np.ndarray) -> np.ndarray:
+        # A written page carries its stamp, (gfn, count >= 1): never zero; `fill` stamps,
+        # so a page never written still has the zero template.
+        return (self.write_count[gfns] == 0) & (self.template[gfns] == 0)
+
+
+def make_memory(backing: str, npages: int) -> GuestMemory:
+    """Return the backing for `npages` pages: `stored`, `generated`, or `auto` by size.
+
+    Raise `ValueError` for an unknown backing.
+    """
+    if backing == "auto":
+        backing = "generated" if npages >= AUTO_GENERATED_PAGES else "stored"
+    if backing == "stored":
+        return StoredMemory(npages)
+    if backing == "generated":
+        return GeneratedMemory(npages)
+    raise ValueError(f"memory backing {backing!r} is not one of {', '.join(MEMORY_BACKINGS)}")

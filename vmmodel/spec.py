@@ -24,6 +24,7 @@ MAX_GUEST_PAGES = 1 << 28  # 1 TiB
 
 WORKLOAD_KINDS = ("idle", "uniform", "hotspot", "zipf", "sequential", "vga", "phases", "mix")
 MMU_SHAPES = ("tdp", "shadow")
+MEMORY_BACKINGS = ("auto", "stored", "generated")  # how the host holds the pages (memory.py)
 
 
 class SpecError(ValueError):
@@ -116,8 +117,13 @@ class GuestSpec:
     vga_pages: int = 0  # 0: no framebuffer slot; QEMU's std VGA has 16 MiB
     slice_ns: int = DEFAULT_SLICE_NS  # the guest advances in slices this long
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    # How the host holds the pages: never changes a result, only memory and speed.
+    memory_backing: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.memory_backing not in MEMORY_BACKINGS:
+            raise SpecError(f"guest.memory-backing: {self.memory_backing!r} is not one of "
+                            f"{', '.join(MEMORY_BACKINGS)}")
         if self.memory_pages < 512:
             raise SpecError(f"guest.memory: {self.memory_pages} pages is less than 2 MiB")
         if self.memory_pages + self.vga_pages > MAX_GUEST_PAGES:

@@ -21,7 +21,7 @@ from vmmodel.costs import CostTable
 from vmmodel.harvest import STRATEGIES, HarvestResult, KernelWork
 from vmmodel.layout import shadow_layout, tdp_layout
 from vmmodel.lock import MmuLock
-from vmmodel.memory import KVM_MEM_LOG_DIRTY_PAGES, GuestMemory, MemSlot
+from vmmodel.memory import KVM_MEM_LOG_DIRTY_PAGES, MemSlot, make_memory
 from vmmodel.mmu import Mmu, unique_ids
 from vmmodel.spec import NS_PER_S, GuestSpec, MmuSpec, SpecError
 from vmmodel.tlb import Tlbs
@@ -81,7 +81,7 @@ class Vm:
             vga = MemSlot(1, "vga", ram.end_gfn, guest.vga_pages)
             self.slots.append(vga)
         total = self.slots[-1].end_gfn
-        self.memory = GuestMemory(total)
+        self.memory = make_memory(guest.memory_backing, total)
         gfn_slot = np.zeros(total, dtype=np.uint8)
         for slot in self.slots:
             gfn_slot[slot.base_gfn : slot.end_gfn] = slot.id
@@ -116,6 +116,7 @@ class Vm:
 
     @property
     def pages(self) -> np.ndarray:
+        """Every page's bytes as one array (a generated backing builds it: for tests)."""
         return self.memory.pages
 
     def slot(self, slot_id: int) -> MemSlot:

@@ -22,6 +22,7 @@ from migrate.config.schema import Choice, Flag, Integer, Key, Kind, Number, Time
 from vmmodel import (
     MAX_GUEST_PAGES,
     MAX_WRITE_RATE,
+    MEMORY_BACKINGS,
     MIN_SLICE_NS,
     MMU_SHAPES,
     PAGE_SIZE,
@@ -101,6 +102,10 @@ GUEST_SCHEMA: tuple[SpecKey, ...] = (
        "the guest advances in vectorised slices this long, 10 us to 100 ms"),
     _k("workload", "workload", Special(), "how the guest writes memory (below)"),
     _k("vga_pages", "vga-memory", Special(), "size of the framebuffer slot (whole 4 KiB pages)"),
+    _k("memory_backing", "memory-backing", Choice(MEMORY_BACKINGS),
+       "how the source holds the pages: `stored` (4 KiB each), `generated` (from each page's "
+       "template and write count, 9 B each), `auto` (generated from 1 GiB up); never changes "
+       "a result (see [Memory backing](#memory-backing))"),
 )
 
 MMU_SCHEMA: tuple[SpecKey, ...] = (
@@ -278,7 +283,8 @@ def guest_from_toml(data: object) -> GuestSpec:
 
 
 def guest_to_toml(g: GuestSpec) -> dict[str, Any]:
-    """Return [guest] in the TOML spelling; vga-memory only when there is a framebuffer."""
+    """Return [guest] in the TOML spelling; vga-memory only with a framebuffer, memory-backing
+    only when it is not `auto`."""
     data: dict[str, Any] = {}
     for s in GUEST_SCHEMA:
         name = s.key.name
@@ -291,6 +297,10 @@ def guest_to_toml(g: GuestSpec) -> dict[str, Any]:
         elif name == "vga-memory":
             if g.vga_pages:  # without a framebuffer its size means nothing; default.toml fills it
                 data[name] = units.format_bytes(g.vga_pages * PAGE_SIZE)
+        elif name == "memory-backing":
+            if g.memory_backing != "auto":  # how the host held it, not what was run: no result
+                data[name] = g.memory_backing  # depends on it, so reports of auto stay as they were
+
         else:
             data[name] = _write_simple(g, s)
     return data

@@ -37,7 +37,7 @@ from migrate import wire
 from migrate.source.channel import PageChannel
 from migrate.source.client import DestinationClient, DestinationError
 from migrate.source.link import Link
-from vmmodel import CostTable
+from vmmodel import CostTable, GuestMemory
 
 DEFAULT_COSTS = CostTable()
 
@@ -84,7 +84,7 @@ async def send_pass(
     pass_no: int,
     gfns: np.ndarray,
     *,
-    memory: np.ndarray,
+    memory: np.ndarray | GuestMemory,
     link: Link,
     batch_pages: int,
     channels: int = 1,
@@ -93,6 +93,9 @@ async def send_pass(
     before_read: Callable[[], None] | None = None,
 ) -> PassTraffic:
     """Send the pages `gfns` of `memory` as pass `pass_no` over up to `channels` channels.
+
+    `memory` is the guest's backing, or an (npages, 4096) array: pages are
+    gathered in place from an array, else generated straight into each batch.
 
     Return the pass's traffic once every channel's END_OF_PASS has been
     answered. Raise `DestinationError` if a channel fails or the destination
@@ -115,7 +118,7 @@ async def send_pass(
             if before_read is not None:
                 before_read()
             batch = gfns[start : start + batch_pages]
-            frame = wire.encode_gathered(pass_no, memory, batch, compress=compress)
+            frame = _encode(pass_no, memory, batch, compress)
             await _account(link, frame, compress=compress, channels=n_channels, costs=costs)
             traffic.add(frame)
             sent += frame.n_pages
@@ -140,6 +143,15 @@ async def send_pass(
     await link.drain()  # the wall clock's link may still be carrying the last window
     traffic.send_ns = clock.now_ns - started_ns
     return traffic
+
+
+def _encode(pass_no: int, memory: np.ndarray | GuestMemory, gfns: np.ndarray,
+            compress: bool) -> wire.PagesFrame:
+    """One batch's frame: gathered from the backing's array if it has one, else generated."""
+    array = memory if isinstance(memory, np.ndarray) else memory.array
+    if array is not None:
+        return wire.encode_gathered(pass_no, array, gfns, compress=compress)
+    return wire.encode_read(pass_no, gfns, memory.zero_mask(gfns), memory.read, compress=compress)
 
 
 async def _open_channels(client: DestinationClient, path: str, n: int) -> list[PageChannel]:

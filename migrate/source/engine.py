@@ -18,7 +18,7 @@ import numpy as np
 
 from migrate import wire
 from migrate.config import Scenario
-from migrate.digest import page_digests
+from migrate.digest import memory_digests
 from migrate.errors import ProtocolError
 from migrate.report import GuestCost, GuestTotals, Report, RoundRecord, SetupRecord
 from migrate.source import datapath
@@ -217,7 +217,7 @@ class Source:
         traffic.send_ns += self.clock.now_ns - sent_at
         self.ram.downtime_bytes = traffic.bytes
         wall = time.perf_counter_ns()
-        digests = page_digests(self.vm.pages)  # the emulator's check, not migration work
+        digests = memory_digests(self.vm.memory)  # the emulator's check, not migration work
         self._verify_wall_ns += time.perf_counter_ns() - wall
         answer = await self.client.complete(
             self.migration_id, pass_no, device_state, digests, {"pages": int(self.vm.npages)}
@@ -256,7 +256,7 @@ class Source:
         """Send `gfns` over the page channels, each batch read from guest memory as it goes out."""
         m = self.scenario.migration
         traffic = await datapath.send_pass(
-            self.client, self.migration_id, pass_no, gfns, memory=self.vm.pages,
+            self.client, self.migration_id, pass_no, gfns, memory=self.vm.memory,
             link=self.link, batch_pages=m.batch_pages, channels=m.channels,
             compress=m.compression == "lz4", costs=self.scenario.costs,
             before_read=self._before_batch,
