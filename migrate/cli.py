@@ -31,6 +31,7 @@ from migrate.malloc import raise_malloc_thresholds
 from migrate.report import Report, RoundRecord
 from migrate.source.engine import migrate
 from migrate.summary import progress_line, summary_table
+from vmmodel import PAGE_SIZE
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_LISTEN = "127.0.0.1:7450"
@@ -219,7 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _start_destination(scenario: Scenario) -> DestinationProcess:
     """A `precopy dest --once` child sized for *scenario*; it ignores Ctrl-C (see launch)."""
     total = scenario.guest.memory_pages + scenario.guest.vga_pages
-    return DestinationProcess("--once", "--max-memory", str(total * 4096), ignore_sigint=True)
+    return DestinationProcess("--once", "--max-memory", str(total * PAGE_SIZE), ignore_sigint=True)
 
 
 def _one_line(record: logging.LogRecord) -> bool:
@@ -246,7 +247,7 @@ def cmd_dest(args: argparse.Namespace) -> int:
                          "number of seconds")
     if not args.debug:
         logging.getLogger("aiohttp.server").addFilter(_one_line)
-    return asyncio.run(_serve(host, port, token, max_memory // 4096, args.once,
+    return asyncio.run(_serve(host, port, token, max_memory // PAGE_SIZE, args.once,
                               idle_timeout_s=args.idle_timeout, store=args.store))
 
 
