@@ -1,30 +1,16 @@
 """The destination's end of a page channel: one pass's stream of frames, checked and stored.
 
-The source's end is `migrate.source.channel`; the wire between them is all they share.
-
-A pass goes out over N channels at once (`migration.channels`). Each channel
-is one `POST /migrations/{id}/pass/{n}` whose frames are PAGES batches and a
-closing END_OF_PASS `{"pages", "channel", "channels"}`: how many pages this
-channel carried, which channel it is and of how many. The destination counts
-the pass as ended once all N channels have ended it; the control requests
-(hello, complete, cancel) are the control channel.
-
-A channel travels one of two ways, with the same frames and the same checks
-(`PassStream`):
-
-- upgraded, which the source uses: the POST carries `Upgrade: precopy-pages/1`,
-  the destination answers 101, and from then on the connection carries raw
-  frames. The source writes each batch as one buffer, with no HTTP chunk
-  framing (aiohttp joins every chunk with its framing: one more copy on
-  Python < 3.12.9), and the destination receives each frame straight into a
-  buffer of its own (an asyncio `BufferedProtocol` takes over the connection
-  from aiohttp), so a page byte is copied twice on the way in (kernel ->
-  frame, frame -> guest image) where a chunked body costs four (kernel ->
-  aiohttp's buffer -> llhttp's chunk -> `readexactly` -> guest image). The
-  destination answers with one frame, END_OF_PASS `{"pass", "pages",
-  "bytes"}` or ERROR `{"error", "detail", "status"}`, and closes.
-- a chunked POST body, which any HTTP client can send: answered with JSON,
-  as every other request.
+The source's end is `migrate.source.channel`, whose docstring tells the whole
+channel (N channels a pass, the END_OF_PASS that closes each, the upgraded and
+the chunked way); the wire between them is all they share. Here each channel
+is a `PassStream`, fed either by the chunked POST body or, once the POST is
+upgraded (`Upgrade: precopy-pages/1`, answered 101), by `_FrameReader`: an
+asyncio `BufferedProtocol` that takes the connection over from aiohttp and
+receives each frame straight into a buffer of its own, so a page byte is
+copied twice on the way in (kernel -> frame, frame -> store) where a chunked
+body costs four. An upgraded stream is answered with one frame, END_OF_PASS
+`{"pass", "pages", "bytes"}` or ERROR `{"error", "detail", "status"}`, then
+closed; a chunked one with JSON, as every other request.
 """
 
 from __future__ import annotations
