@@ -117,6 +117,18 @@ def test_max_memory_bounds_the_store_not_the_guest():
         Receiver(max_memory_pages=1024, store="digests").hello(_hello(big))
 
 
+
+def test_a_store_the_host_cannot_allocate_is_a_refusal_not_a_crash(monkeypatch):
+    """--max-memory above what the host has: HELLO is refused (413), never an internal error."""
+    def no_memory(self, npages):
+        raise MemoryError
+
+    monkeypatch.setattr(ImageStore, "__init__", no_memory)
+    receiver = Receiver(max_memory_pages=1 << 30, store="image")
+    with pytest.raises(MemoryTooLarge, match="cannot allocate its image store"):
+        receiver.hello(_hello(1 << 20))
+    assert receiver.current is None
+
 # -- real processes ---------------------------------------------------------------------------
 
 

@@ -114,8 +114,13 @@ class Receiver:
         kind = choose(self.store, npages, max_bytes)
         if kind is None:
             raise MemoryTooLarge(self._too_large(npages))
-        incoming = Incoming(id=uuid.uuid4().hex[:12], npages=npages, hello=info,
-                            store=kind(npages))
+        try:
+            store = kind(npages)
+        except MemoryError:  # --max-memory above what this host can give
+            raise MemoryTooLarge(f"guest of {npages} pages: this host cannot allocate its "
+                                 f"{kind.name} store ({kind.held_bytes(npages)} bytes); "
+                                 "lower --max-memory or use --store digests") from None
+        incoming = Incoming(id=uuid.uuid4().hex[:12], npages=npages, hello=info, store=store)
         self.current = incoming
         log.info("migration %s: receiving %d pages (store: %s)", incoming.id, npages, kind.name)
         return incoming
