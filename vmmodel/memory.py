@@ -9,6 +9,8 @@ its stamp (`GeneratedMemory`): same bytes, 9 B per page instead of 4 KiB.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from vmmodel.spec import MEMORY_BACKINGS, PAGE_SIZE
@@ -72,7 +74,7 @@ class MemSlot:
         return f"MemSlot(id={self.id}, {self.name}, base_gfn={self.base_gfn}, npages={self.npages})"
 
 
-class GuestMemory:
+class GuestMemory(ABC):
     """How the host backs the guest's pages: one interface, two implementations.
 
     `write_count` is the ground truth the tests and the audit compare
@@ -115,25 +117,30 @@ class GuestMemory:
         return out
 
     @property
+    @abstractmethod
     def nbytes(self) -> int:
         """Host bytes the backing's arrays hold (pages never touched in a calloc'd array too)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def stamp(self, gfns: np.ndarray) -> None:
         """Write each page of `gfns` (unique): bump its counter and stamp gfn and counter."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def fill(self, gfns: np.ndarray, pool: np.ndarray) -> None:
         """Give pages (unique) `pool[gfn % len(pool)]`, then stamp them, as a program would."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def read(self, gfns: np.ndarray, out: np.ndarray) -> None:
         """Write the bytes of the pages `gfns` (valid) into `out`, (len(gfns), 4096) uint8."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def zero_mask(self, gfns: np.ndarray) -> np.ndarray:
         """Return, for each of `gfns`, whether its page is all zeros (QEMU's zero page)."""
-        raise NotImplementedError
+        ...
 
 
 class StoredMemory(GuestMemory):

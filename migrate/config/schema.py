@@ -22,7 +22,9 @@ class Kind:
     """How a value is read from TOML, written back, and bounded once it is a number."""
 
     def read(self, t: Table, name: str, default: Any) -> Any:
-        raise NotImplementedError
+        # Every kind but one reads itself; `specs.Special` keys are read by hand (their
+        # meaning depends on another key), so reaching this is a bug of ours.
+        raise NotImplementedError(f"{type(self).__name__} keys such as {name!r} are read by hand")
 
     def write(self, value: Any) -> Any:
         return value

@@ -14,6 +14,7 @@ filter); a store only stores them.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -26,7 +27,7 @@ STORES: tuple[str, ...] = ("image", "digests", "auto")
 ZERO_DIGEST = np.uint64(page_digests(np.zeros((1, wire.PAGE_SIZE), dtype=np.uint8))[0])
 
 
-class PageStore:
+class PageStore(ABC):
     """A guest's pages at the destination, and the pass each one's content came from."""
 
     name: ClassVar[StoreName]
@@ -41,17 +42,20 @@ class PageStore:
         """What a guest of *npages* costs this store (its per-page arrays)."""
         return npages * cls.bytes_per_page
 
+    @abstractmethod
     def put(self, gfns: np.ndarray, content: np.ndarray, pass_no: int) -> None:
         """Store NORMAL pages *content* (one 4 KiB row per gfn) of pass *pass_no*."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def put_zero(self, gfns: np.ndarray, pass_no: int) -> None:
         """Store ZERO pages of pass *pass_no*."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def digests(self) -> np.ndarray:
         """One digest per page, as the source's PAGE_DIGESTS computes them."""
-        raise NotImplementedError
+        ...
 
 
 class ImageStore(PageStore):
