@@ -30,6 +30,7 @@ from migrate.source.engine import Source
 from migrate.source.progress import PassMeter, PassProgress
 from migrate.summary import progress_line, summary_table
 from tests.procs import ROOT, SMALL, TIMEOUT_S, load_json
+from tests.test_migration import _strip_wall  # the report less the emulator's own times
 
 GIB_PAGES = 1 << 18
 
@@ -179,17 +180,6 @@ async def dest_url():
     await site.start()
     yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     await runner.cleanup()
-
-
-WALL_FIELDS = ("wall-time-s", "verify-wall-ms", "wall-ns")
-
-
-def _strip_wall(data):
-    if isinstance(data, dict):
-        return {k: _strip_wall(v) for k, v in data.items() if k not in WALL_FIELDS}
-    if isinstance(data, list):
-        return [_strip_wall(v) for v in data]
-    return data
 
 
 async def _migrate(url: str, **kwargs) -> Report:
