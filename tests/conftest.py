@@ -29,9 +29,9 @@ def _mmu_spec(shape: str, **kw) -> MmuSpec:
 def make_vm():
     """Build a small Vm: `make_vm(shape, kind=..., pages=..., seed=..., **workload/mmu opts)`.
 
-    Keyword arguments named like MmuSpec fields go to the MMU, `vga_pages`/`vcpus`/`slice_ns`/`advance`
-    to the guest, everything else to the workload. `logging` enables dirty logging after the
-    prefill; `paused` pauses the guest.
+    Keyword arguments named like MmuSpec fields go to the MMU, `vga_pages`/`vcpus`/
+    `slice_ns`/`advance` to the guest, everything else to the workload. `logging` enables
+    dirty logging after the prefill; `paused` pauses the guest.
     """
 
     mmu_fields = {"strategy", "max_mmu_pages", "tlb_entries", "address_spaces",

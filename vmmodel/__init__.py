@@ -33,7 +33,8 @@ from vmmodel.spec import (
 from vmmodel.vm import GuestInterrupted, GuestStats, Vm
 
 __all__ = [
-    "BROKEN_STRATEGIES", "CORRECT_STRATEGIES", "GUEST_ADVANCES", "MAX_GUEST_PAGES", "MAX_WRITE_RATE",
+    "BROKEN_STRATEGIES", "CORRECT_STRATEGIES", "GUEST_ADVANCES", "MAX_GUEST_PAGES",
+    "MAX_WRITE_RATE",
     "MEMORY_BACKINGS", "MIN_SLICE_NS", "MMU_SHAPES", "NS_PER_S", "PAGE_SIZE", "STRATEGIES",
     "WORKLOAD_KINDS", "CostTable", "DirtyLogAudit", "GuestInterrupted", "GuestMemory",
     "GuestSpec", "GuestStats",

@@ -51,9 +51,10 @@ CHUNK_WRITES = MIN_SLICE_WRITE_CEILING
 # A chunk grows past `guest.slice` only while no vCPU loses more than this share of it to
 # faults and lock waits: that time is repaid in the next chunk, not within the same one, so
 # a long chunk of a busy guest would write as if its faults were free. A step-size bound of
-# the method, not a model constant, measured: at 0.1 the event-driven guest agrees with the sliced one within 0.5 %
-# (tests/test_guest_advance.py); at 0.3 a guest busy with faults writes during a short
-# harvest at the wrong share of its rate (tests/test_harvest.py fails), as it does at 100.
+# the method, not a model constant, measured: at 0.1 the event-driven guest agrees with the
+# sliced one within 0.5 % (tests/test_guest_advance.py); at 0.3 a guest busy with faults
+# writes during a short harvest at the wrong share of its rate (tests/test_harvest.py
+# fails), as it does at 100.
 MAX_CHUNK_LOAD = 0.1
 
 
