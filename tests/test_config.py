@@ -7,6 +7,8 @@ import tracemalloc
 
 import pytest
 
+import vmmodel.layout
+import vmmodel.memory
 from migrate import cli
 from migrate.config import (
     CLOCKS,
@@ -720,7 +722,13 @@ def test_memory_need_follows_the_backing():
     assert 20 * GiB < _need("guest.memory=1TiB") < 32 * GiB
 
 
-@pytest.mark.parametrize(("memory", "backing"), [("512MiB", "stored"), ("1GiB", "generated")])
+def test_the_fit_checks_copies_of_the_models_constants_are_the_models():
+    assert host.SPTES_PER_PAGE == vmmodel.layout.SPTES_PER_PAGE
+    assert host.REGION_ALIGN == vmmodel.layout.REGION_ALIGN
+    assert host.AUTO_GENERATED_PAGES == vmmodel.memory.AUTO_GENERATED_PAGES
+
+
+@pytest.mark.parametrize(("memory", "backing"), [("1022MiB", "stored"), ("1GiB", "generated")])
 def test_the_fit_check_resolves_auto_as_the_model_does(memory, backing):
     s = scenario_from_dict({}, [f"guest.memory={memory}", "guest.workload.prefill=false"])
     assert host.memory_backing(s.guest) == backing

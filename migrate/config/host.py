@@ -16,10 +16,15 @@ from pathlib import Path
 
 from migrate import units
 from vmmodel import PAGE_SIZE, GuestSpec, MmuSpec, WorkloadSpec
-from vmmodel.layout import REGION_ALIGN, SPTES_PER_PAGE
-from vmmodel.memory import AUTO_GENERATED_PAGES
 
 MEMINFO = Path("/proc/meminfo")
+# vmmodel's layout and backing choice, which it does not export (migrate imports only
+# vmmodel's public names); tests/test_config.py checks both against the model. An x86 page
+# table holds 512 sptes; shadow paging gives each guest process a 1 GiB-aligned region
+# (vmmodel/layout.py's REGION_ALIGN); `auto` generates pages from 1 GiB up (vmmodel/memory.py).
+SPTES_PER_PAGE = 512
+REGION_ALIGN = SPTES_PER_PAGE * SPTES_PER_PAGE
+AUTO_GENERATED_PAGES = 1 << 18
 # The model's state besides the page backing (vmmodel/mmu.py, tlb.py, vm.py). Per gfn: its
 # slot index, dirty bit, rmap length and an int64 scratch (18 B), and 8 B per rmap column
 # (one on tdp; as many as the most aliased gfn has sptes on shadow)...
