@@ -398,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure the emulator itself",
                        description="Exit status: 0, or 1 when a full run missed a target "
-                                   "(a --quick run judges none), 2 for bad usage.")
+                                   "(a --quick run judges none) or a scale point failed, "
+                                   "2 for bad usage.")
     p.add_argument("what", choices=["mmu", "wire", "scale"], help="which benchmark")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
