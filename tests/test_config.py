@@ -7,8 +7,6 @@ import tracemalloc
 
 import pytest
 
-import vmmodel.layout
-import vmmodel.memory
 from migrate import cli
 from migrate.config import (
     CLOCKS,
@@ -720,12 +718,6 @@ def test_memory_need_follows_the_backing():
     assert _need(*written) < _need(*written, *stored) // 30
     # a 1 TiB generated guest needs about 1/40 of its size, not its size
     assert 20 * GiB < _need("guest.memory=1TiB") < 32 * GiB
-
-
-def test_the_fit_checks_copies_of_the_models_constants_are_the_models():
-    assert host.SPTES_PER_PAGE == vmmodel.layout.SPTES_PER_PAGE
-    assert host.REGION_ALIGN == vmmodel.layout.REGION_ALIGN
-    assert host.AUTO_GENERATED_PAGES == vmmodel.memory.AUTO_GENERATED_PAGES
 
 
 @pytest.mark.parametrize(("memory", "backing"), [("1022MiB", "stored"), ("1GiB", "generated")])

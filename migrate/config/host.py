@@ -15,31 +15,31 @@ import os
 from pathlib import Path
 
 from migrate import units
-from vmmodel import PAGE_SIZE, GuestSpec, MmuSpec, WorkloadSpec
+from vmmodel import (
+    AUTO_GENERATED_PAGES,
+    PAGE_SIZE,
+    REGION_ALIGN,
+    SPTES_PER_PAGE,
+    GuestSpec,
+    MmuSpec,
+    WorkloadSpec,
+)
 
 MEMINFO = Path("/proc/meminfo")
-# vmmodel's layout and backing choice, which it does not export (migrate imports only
-# vmmodel's public names); tests/test_config.py checks both against the model. An x86 page
-# table holds 512 sptes; shadow paging gives each guest process a 1 GiB-aligned region
-# (vmmodel/layout.py's REGION_ALIGN); `auto` generates pages from 1 GiB up (vmmodel/memory.py).
-SPTES_PER_PAGE = 512
-REGION_ALIGN = SPTES_PER_PAGE * SPTES_PER_PAGE
-AUTO_GENERATED_PAGES = 1 << 18
 # The model's state besides the page backing (vmmodel/mmu.py, tlb.py, vm.py). Per gfn: its
-# slot index, dirty bit, rmap length and an int64 scratch (18 B), and 8 B per rmap column
-# (one on tdp; as many as the most aliased gfn has sptes on shadow)...
-PER_GFN_STATE_BYTES = 18
+# slot index, dirty bit and rmap length (10 B), and 8 B per rmap column (one on tdp; as
+# many as the most aliased gfn has sptes on shadow)...
+PER_GFN_STATE_BYTES = 10
 PER_RMAP_COLUMN_BYTES = 8
-# ...per spte: its gfn, present and writable bits, two int64 scratch arrays and the zap
-# scratch (27 B), plus one TLB byte per vCPU. tdp has an spte per gfn (rounded up to whole
+# ...per spte: its gfn, present and writable bits, the one int32 unique scratch and the zap
+# scratch (15 B), plus one TLB byte per vCPU. tdp has an spte per gfn (rounded up to whole
 # shadow pages); shadow paging has the direct map plus, per guest process, one 1 GiB-aligned
 # region of sptes (layout.py's REGION_ALIGN) and a gfn -> spte map (8 B per gfn).
-PER_SPTE_STATE_BYTES = 27
+PER_SPTE_STATE_BYTES = 15
 PER_PAGE_PER_ADDRESS_SPACE_BYTES = 8
-# On tdp that is 53 B per page plus a byte per vCPU. Measured with tracemalloc after Vm()
-# and prefill, 4 vCPUs, generated backing (9 B): 69.2 B/page at 1 GiB, 66.4 at 8 GiB, 66.1
-# at 64 GiB (53 + 4 + 9, and the fixed template pool and TLB rings, spread over fewer pages
-# in a small guest); RSS after prefill 59, 194 and 1,156 MiB.
+# On tdp that is 33 B per page plus a byte per vCPU: with 4 vCPUs and the generated backing
+# (9 B), 46 B, 11.6 MiB per GiB, counted from every array of a 4 GiB Vm after prefill, a
+# second of guest time and a sync (tests/test_config.py checks the sum against tracemalloc).
 PER_PAGE_STATE_BYTES = PER_GFN_STATE_BYTES + PER_RMAP_COLUMN_BYTES + PER_SPTE_STATE_BYTES
 # The backings: the write counter (u64), plus the template id (u8) when generated; stored
 # pages hold 4 KiB each once written (calloc'd: an untouched page costs nothing).
