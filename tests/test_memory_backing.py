@@ -78,11 +78,20 @@ def test_generated_pages_are_the_stored_pages(steps, probe):
         assert (read.n_zero, read.compressed) == (gathered.n_zero, gathered.compressed)
 
 
-def test_generated_digests_are_read_in_bounded_chunks(monkeypatch):
-    """A generated memory is digested a chunk at a time, never all pages at once."""
+class _Opaque(GeneratedMemory):
+    """A backing whose reader can only read it: no array, no templates."""
+
+    @property
+    def templates(self) -> None:
+        return None
+
+
+def test_a_backing_without_templates_is_read_in_bounded_chunks(monkeypatch):
+    """A backing with neither array nor templates is digested a chunk at a time, never all
+    pages at once (a generated one is not read at all: tests/test_template_digests.py)."""
     import migrate.digest as digest
 
-    memory = GeneratedMemory(10_000)
+    memory = _Opaque(10_000)
     memory.fill(np.arange(0, 9000, 3), POOLS[0])
     biggest = []
     real = memory.read

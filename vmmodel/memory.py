@@ -10,6 +10,7 @@ its stamp (`GeneratedMemory`): same bytes, 9 B per page instead of 4 KiB.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import NamedTuple
 
 import numpy as np
 
@@ -74,6 +75,19 @@ class MemSlot:
         return f"MemSlot(id={self.id}, {self.name}, base_gfn={self.base_gfn}, npages={self.npages})"
 
 
+class Templates(NamedTuple):
+    """What every page of a generated backing is made of, for a reader that need not see bytes.
+
+    Page g is `pools[ids[g] - 1][g % len(that pool)]` (all zeros where
+    `ids[g]` is 0), then, once written (its write counter c != 0), its u64
+    words 0 and 1 replaced by (g, c). `migrate.digest` digests a whole guest
+    from this in O(pages) instead of generating its bytes.
+    """
+
+    ids: np.ndarray  # uint8 per page: 0 the zero page, k the pool pools[k - 1]
+    pools: tuple[np.ndarray, ...]  # (n, 4096) uint8 each
+
+
 class GuestMemory(ABC):
     """How the host backs the guest's pages: one interface, two implementations.
 
@@ -98,6 +112,15 @@ class GuestMemory(ABC):
         """The (npages, 4096) array of every page if the backing keeps one, else None.
 
         A reader with an array reads pages in place (no copy); else it asks `read`.
+        """
+        return None
+
+    @property
+    def templates(self) -> Templates | None:
+        """Every page's template, if its bytes are its template plus its stamp, else None.
+
+        None for a backing that may hold any bytes (`StoredMemory`): its reader
+        must read them.
         """
         return None
 
@@ -210,6 +233,10 @@ class GeneratedMemory(GuestMemory):
         super().__init__(npages)
         self.template = np.zeros(npages, dtype=np.uint8)
         self.pools: list[np.ndarray] = []
+
+    @property
+    def templates(self) -> Templates:
+        return Templates(self.template, tuple(self.pools))
 
     @property
     def nbytes(self) -> int:
