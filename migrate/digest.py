@@ -55,17 +55,18 @@ def _check_pages(pages: np.ndarray) -> None:
         raise ValueError(f"pages must be (n, {PAGE_SIZE}) uint8, got {pages.dtype} {pages.shape}")
 
 
-def _page_sums(pages: np.ndarray) -> np.ndarray:
-    """The per-word terms of each row of *pages* summed mod 2**64: the digest before its mix."""
-    n = pages.shape[0]
+def _page_sums(pages: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """The per-word terms of each row of *pages* (or of `pages[rows]`) summed mod 2**64:
+    the digest before its mix."""
+    n = pages.shape[0] if rows is None else rows.shape[0]
     out = np.empty(n, dtype=np.uint64)
     m = min(n, _CHUNK_PAGES)
     x = np.empty((m, _WORDS), dtype=np.uint64)
     t = np.empty((m, _WORDS), dtype=np.uint64)
     for start in range(0, n, _CHUNK_PAGES):
         stop = min(n, start + _CHUNK_PAGES)
-        # A copy only if the caller passed a strided view; the u64 view needs whole rows.
-        words = np.ascontiguousarray(pages[start:stop]).view("<u8")
+        # A copy only of a strided view or of rows gathered (a chunk: cache-resident).
+        words = np.ascontiguousarray(_rows(pages, rows, start, stop)).view("<u8")
         xv, tv = x[: stop - start], t[: stop - start]
         np.multiply(words, _K1, out=xv)
         np.right_shift(xv, _SHIFT, out=tv)
@@ -75,6 +76,16 @@ def _page_sums(pages: np.ndarray) -> np.ndarray:
         np.bitwise_xor(xv, tv, out=xv)
         np.add.reduce(xv, axis=1, out=out[start:stop])
     return out
+
+
+def _rows(pages: np.ndarray, rows: np.ndarray | None, start: int, stop: int) -> np.ndarray:
+    """Rows start..stop of *pages*, or of `pages[rows]`: a view where they are a run."""
+    if rows is None:
+        return pages[start:stop]
+    first, last = int(rows[start]), int(rows[stop - 1])
+    if last - first == stop - start - 1:  # strictly ascending, as many as their span: a run
+        return pages[first : last + 1]
+    return pages[rows[start:stop]]
 
 
 def _word_terms(position: int, words: np.ndarray) -> np.ndarray:
@@ -97,14 +108,23 @@ def _mix(sums: np.ndarray) -> np.ndarray:
     return sums
 
 
-def page_digests(pages: np.ndarray) -> np.ndarray:
-    """Return one uint64 digest per row of *pages*, an (n, 4096) uint8 array.
+def page_digests(pages: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Return one uint64 digest per row of *pages*, an (n, 4096) uint8 array, or per row
+    `pages[rows]` for strictly ascending *rows* (read in place where they are runs, else
+    gathered a chunk at a time, never whole).
 
-    Works in chunks so the temporaries stay bounded (1 MiB) whatever n is.
-    Raise ``ValueError`` if *pages* is not (n, 4096) uint8.
+    Works in chunks so the temporaries stay bounded (a few hundred KiB) whatever n is.
+    Raise ``ValueError`` if *pages* is not (n, 4096) uint8 or *rows* are not ascending
+    row numbers of *pages*.
     """
     _check_pages(pages)
-    return _mix(_page_sums(pages))
+    if rows is not None:
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or rows.dtype.kind not in "iu" or (
+                len(rows) and (rows[0] < 0 or rows[-1] >= len(pages)
+                               or not (np.diff(rows) > 0).all())):
+            raise ValueError(f"rows must be strictly ascending row numbers of {len(pages)} pages")
+    return _mix(_page_sums(pages, rows))
 
 
 def memory_digests(memory: GuestMemory) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 
 from migrate import wire
 from migrate.dest.receiver import Receiver
-from migrate.dest.store import ZERO_DIGEST, DigestStore, ImageStore, choose
+from migrate.dest.store import AUTO_DIGESTS_PAGES, ZERO_DIGEST, DigestStore, ImageStore, choose
 from migrate.digest import page_digests
 from migrate.errors import MemoryTooLarge
 from tests import wire_oracle as oracle
@@ -100,6 +100,10 @@ def test_both_stores_give_the_same_verification():
 def test_auto_is_the_image_while_it_fits_then_the_digests():
     assert choose("auto", 1024, 1024 * PAGE) is ImageStore
     assert choose("auto", 1025, 1024 * PAGE) is DigestStore
+    # From AUTO_DIGESTS_PAGES up, the digests even where the image would fit.
+    assert choose("auto", AUTO_DIGESTS_PAGES - 1, AUTO_DIGESTS_PAGES * PAGE) is ImageStore
+    assert choose("auto", AUTO_DIGESTS_PAGES, AUTO_DIGESTS_PAGES * PAGE) is DigestStore
+    assert choose("image", AUTO_DIGESTS_PAGES, AUTO_DIGESTS_PAGES * PAGE) is ImageStore
     assert choose("auto", 1024 * PAGE // 12 + 1, 1024 * PAGE) is None
     assert choose("image", 1025, 1024 * PAGE) is None
     assert choose("digests", 1024 * PAGE // 12, 1024 * PAGE) is DigestStore
