@@ -170,3 +170,20 @@ def test_a_lost_write_is_caught_the_same_whichever_backing(tmp_path):
                                                 "mmu.strategy=rmap-noflush")
     assert rc_s == rc_g == 1 and stored["verified"] is False and stored["lost-pages"]
     assert generated == stored
+
+
+@pytest.mark.parametrize("first,length", [(0, 1), (5, 63), (64, 64), (70, 65), (1, 256),
+                                          (100, 513), (2990, 10)])
+def test_a_run_of_generated_pages_is_read_as_the_stored_run(first, length):
+    """A run (a first pass's batch) is copied from the pool in slices, cycling through it
+    from any offset, or gathered when that would take too many copies: the same bytes."""
+    stored, generated = StoredMemory(NPAGES), GeneratedMemory(NPAGES)
+    steps = [("fill", np.arange(0, NPAGES, dtype=np.int64), 0),
+             ("stamp", np.arange(0, NPAGES, 3, dtype=np.int64))]
+    _apply(steps, stored, generated)
+    gfns = np.arange(first, first + length, dtype=np.int64)
+    a = np.empty((length, PAGE_SIZE), dtype=np.uint8)
+    b = np.full_like(a, 0xAA)
+    stored.read(gfns, a)
+    generated.read(gfns, b)
+    assert np.array_equal(a, b)
