@@ -7,8 +7,9 @@ the 2-core AMD dev machine, ~0.6 M pages/s on the 2-core Intel Xeon; no extra
 dependency). It is not cryptographic: it catches lost writes, not an adversary.
 A generated guest is digested without generating its pages
 (``template_digests``: the digest is a sum of per-word terms, so a stamped
-template's is its template's corrected for two words), a 64 GiB guest in
-~0.4 s instead of ~30 s of hashing.
+template's is its template's corrected for two words): on the 2-core Intel
+Xeon 4 GiB in 20 ms where generating and hashing its bytes took 3.3 s, 64 GiB
+in ~0.35 s.
 
 The per-page digest is ``sum_i f32(K2[i] * f29(K1[i] * w[i]))`` over the
 page's 512 little-endian u64 words ``w``, mod 2**64, with
