@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -27,6 +29,7 @@ from migrate.config import ConfigError, Scenario, load_scenario
 from migrate.dest.server import IDLE_TIMEOUT_S, make_app
 from migrate.dest.store import STORES
 from migrate.launch import DestinationProcess
+from migrate.live import LiveLine, is_terminal
 from migrate.malloc import raise_malloc_thresholds
 from migrate.report import Report, RoundRecord
 from migrate.source.engine import migrate
@@ -83,8 +86,17 @@ def _finish(report: Report, args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _print_progress(record: RoundRecord) -> None:
+def _print_progress(record: RoundRecord, live: LiveLine | None = None) -> None:
+    """The pass's line, in place of the live line if one is drawn."""
+    if live is not None:
+        live.clear()
     _say(progress_line(record))
+
+
+def _live_line(args: argparse.Namespace) -> LiveLine | None:
+    """The line within a pass, on a terminal only: anywhere else (a pipe, a file, a CI log,
+    --quiet) the output is the per-pass lines alone, as they were before there was one."""
+    return None if args.quiet or not is_terminal(sys.stdout) else LiveLine(sys.stdout)
 
 
 def _say(text: str) -> None:
@@ -174,6 +186,7 @@ async def _run_source(scenario: Scenario, url: str, args: argparse.Namespace) ->
 
     A plain signal handler, not the loop's: it runs between two bytecodes even while
     the model runs a long synchronous stretch, and the model asks it between slices.
+    On a terminal a live line shows the pass in flight; the pass's line replaces it.
     """
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -184,11 +197,15 @@ async def _run_source(scenario: Scenario, url: str, args: argparse.Namespace) ->
         stopped = True
         loop.call_soon_threadsafe(task.cancel)
 
+    live = _live_line(args)
+    progress = None if args.quiet else functools.partial(_print_progress, live=live)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    progress = None if args.quiet else _print_progress
     try:
-        return await migrate(scenario, url, token=_token(args), timeout_s=args.timeout,
-                             progress=progress, should_stop=lambda: stopped)
+        with live or contextlib.nullcontext():  # cleared on the way out, whatever the way
+            return await migrate(scenario, url, token=_token(args), timeout_s=args.timeout,
+                                 progress=progress,
+                                 pass_progress=None if live is None else live.show,
+                                 should_stop=lambda: stopped)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

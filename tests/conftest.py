@@ -29,14 +29,14 @@ def _mmu_spec(shape: str, **kw) -> MmuSpec:
 def make_vm():
     """Build a small Vm: `make_vm(shape, kind=..., pages=..., seed=..., **workload/mmu opts)`.
 
-    Keyword arguments named like MmuSpec fields go to the MMU, `vga_pages`/`vcpus`/`slice_ns`
-    to the guest, everything else to the workload. `logging` enables dirty logging after the
-    prefill; `paused` pauses the guest.
+    Keyword arguments named like MmuSpec fields go to the MMU, `vga_pages`/`vcpus`/
+    `slice_ns`/`advance` to the guest, everything else to the workload. `logging` enables
+    dirty logging after the prefill; `paused` pauses the guest.
     """
 
     mmu_fields = {"strategy", "max_mmu_pages", "tlb_entries", "address_spaces",
                   "mapped_pages", "shared"}
-    guest_fields = {"vga_pages", "vcpus", "slice_ns"}
+    guest_fields = {"vga_pages", "vcpus", "slice_ns", "advance"}
 
     def build(shape: str = "tdp", kind: str = "idle", *, pages: int = 8192, seed: int = 0,
               logging: bool = True, paused: bool = False, costs: CostTable | None = None,

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from migrate import cli
+from migrate.report import Report
+from migrate.summary import progress_line, summary_table
 from tests.procs import BROKEN, ROOT, SMALL, TIMEOUT_S, load_json, precopy, terminate
 
 
@@ -107,3 +109,18 @@ def test_an_idle_timeout_that_is_not_a_positive_finite_number_is_refused(value):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--idle-timeout" in lines[0] and value in lines[0], proc.stderr
+
+
+# ------------------------------------------------------------------ without a terminal: the lines
+
+
+def test_without_a_terminal_the_output_is_the_pass_lines_and_the_table_alone(tmp_path):
+    # On a terminal a live line is redrawn within each pass (tests/test_progress_line.py);
+    # into a pipe, nothing of it: the per-pass lines and the summary, exactly.
+    out = tmp_path / "piped.json"
+    proc = precopy("run", str(SMALL), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stdout and "\x1b" not in proc.stdout
+    report = Report.from_dict(load_json(out))
+    expected = [progress_line(r) for r in report.rounds] + summary_table(report).splitlines()
+    assert proc.stdout.splitlines() == expected

@@ -363,7 +363,7 @@ def test_a_long_stretch_agrees_with_slice_by_slice(make_vm, kind, extra):
 def test_should_stop_is_asked_between_slices(make_vm):
     """A long stretch stops at the first slice boundary after its caller says stop (Ctrl-C
     in the CLI), leaving the model whole: time and writes end on that slice."""
-    vm = make_vm("tdp", "uniform", pages=2048, rate=2_000.0)
+    vm = make_vm("tdp", "uniform", pages=2048, rate=2_000.0, advance="slices")
     start, slice_ns = vm.now_ns, vm.guest.slice_ns
     asked = []
     vm.should_stop = lambda: asked.append(vm.now_ns) or len(asked) >= 3
@@ -371,4 +371,18 @@ def test_should_stop_is_asked_between_slices(make_vm):
         vm.advance(1e9)
     assert asked == [start + k * slice_ns for k in (1, 2, 3)]
     assert vm.now_ns == start + 3 * slice_ns
+    assert vm.mmu.check_consistency() == []
+
+
+def test_should_stop_is_asked_between_event_driven_chunks(make_vm):
+    """The event-driven guest asks between chunks: chunks double from one slice while the
+    vCPUs lose little to faults (none here: free faults), so the third ends at 7 slices."""
+    vm = make_vm("tdp", "uniform", pages=2048, rate=2_000.0,
+                 costs=CostTable(write_fault_ns=0.0, page_fault_ns=0.0))
+    start, slice_ns = vm.now_ns, vm.guest.slice_ns
+    asked = []
+    vm.should_stop = lambda: asked.append(vm.now_ns) or len(asked) >= 3
+    with pytest.raises(GuestInterrupted):
+        vm.advance(1e9)
+    assert asked == [start + k * slice_ns for k in (1, 3, 7)]
     assert vm.mmu.check_consistency() == []

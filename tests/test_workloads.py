@@ -56,10 +56,12 @@ def test_uniform_law_over_a_working_set(make_vm):
     assert vm.memory.write_count[16_384:].sum() == 0  # nothing outside the working set
 
 
-def test_results_do_not_depend_on_the_slice_size(make_vm):
+@pytest.mark.parametrize("advance", ["slices", "events"])
+def test_results_do_not_depend_on_the_slice_size(make_vm, advance):
     sizes = []
     for slice_ns in (250_000, 1_000_000, 5_000_000):
-        vm = make_vm("tdp", "uniform", pages=65_536, seed=3, rate=65_536.0, slice_ns=slice_ns)
+        vm = make_vm("tdp", "uniform", pages=65_536, seed=3, rate=65_536.0, slice_ns=slice_ns,
+                     advance=advance)
         sizes.append(distinct_after(vm, 1.0)[0])
     assert max(sizes) / min(sizes) < 1.02
 

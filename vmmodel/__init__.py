@@ -2,7 +2,7 @@
 
 Public API: `Vm`, the parameter objects `GuestSpec`, `MmuSpec`, `WorkloadSpec`,
 `CostTable` and the value lists they accept (`WORKLOAD_KINDS`, `MMU_SHAPES`,
-`MEMORY_BACKINGS`), `GuestMemory` (the interface a page's bytes are read through),
+`MEMORY_BACKINGS`, `GUEST_ADVANCES`), `GuestMemory` (the interface a page's bytes are read through),
 the harvest registry `STRATEGIES` and `HarvestResult`, `DirtyLogAudit` for
 checking that no write was lost, `text_pages` (guest-like page content, for
 benches), and the units the model counts in
@@ -16,6 +16,7 @@ from vmmodel.costs import CostTable
 from vmmodel.harvest import BROKEN_STRATEGIES, CORRECT_STRATEGIES, STRATEGIES, HarvestResult
 from vmmodel.memory import GuestMemory
 from vmmodel.spec import (
+    GUEST_ADVANCES,
     MAX_GUEST_PAGES,
     MAX_WRITE_RATE,
     MEMORY_BACKINGS,
@@ -32,7 +33,8 @@ from vmmodel.spec import (
 from vmmodel.vm import GuestInterrupted, GuestStats, Vm
 
 __all__ = [
-    "BROKEN_STRATEGIES", "CORRECT_STRATEGIES", "MAX_GUEST_PAGES", "MAX_WRITE_RATE",
+    "BROKEN_STRATEGIES", "CORRECT_STRATEGIES", "GUEST_ADVANCES", "MAX_GUEST_PAGES",
+    "MAX_WRITE_RATE",
     "MEMORY_BACKINGS", "MIN_SLICE_NS", "MMU_SHAPES", "NS_PER_S", "PAGE_SIZE", "STRATEGIES",
     "WORKLOAD_KINDS", "CostTable", "DirtyLogAudit", "GuestInterrupted", "GuestMemory",
     "GuestSpec", "GuestStats",

@@ -41,6 +41,11 @@ class Layout:
         return len(self.spte_gfn)
 
     @property
+    def ids_are_gfns(self) -> bool:
+        """tdp: spte id k maps gfn k, so translating a gfn (or back) is the identity."""
+        return self.address_space_map is None
+
+    @property
     def n_shadow_pages(self) -> int:
         return self.n_sptes >> SPTE_SHIFT
 

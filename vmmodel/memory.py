@@ -151,7 +151,8 @@ class GuestMemory(ABC):
 
     @abstractmethod
     def stamp(self, gfns: np.ndarray) -> None:
-        """Write each page of `gfns` (unique): bump its counter and stamp gfn and counter."""
+        """Write each page of `gfns` once, however often it repeats: bump its counter and stamp
+        gfn and counter (a fancy-indexed increment counts a repeated index once)."""
         ...
 
     @abstractmethod

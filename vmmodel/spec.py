@@ -25,6 +25,9 @@ MAX_GUEST_PAGES = 1 << 28  # 1 TiB
 WORKLOAD_KINDS = ("idle", "uniform", "hotspot", "zipf", "sequential", "vga", "phases", "mix")
 MMU_SHAPES = ("tdp", "shadow")
 MEMORY_BACKINGS = ("auto", "stored", "generated")  # how the host holds the pages (memory.py)
+# How the guest's time is cut (vm.py): from event to event in write-bounded chunks, or in
+# fixed slices of `slice_ns` (the reference the event-driven guest is checked against).
+GUEST_ADVANCES = ("events", "slices")
 
 
 class SpecError(ValueError):
@@ -115,7 +118,10 @@ class GuestSpec:
     memory_pages: int = 262_144  # 1 GiB
     vcpus: int = 4
     vga_pages: int = 0  # 0: no framebuffer slot; QEMU's std VGA has 16 MiB
-    slice_ns: int = DEFAULT_SLICE_NS  # the guest advances in slices this long
+    # The scheduling quantum (guest processes rotate on the vCPUs each slice; fault debt is
+    # repaid at this pace); with advance = "slices", also how far each step goes.
+    slice_ns: int = DEFAULT_SLICE_NS
+    advance: str = "events"
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
     # How the host holds the pages: never changes a result, only memory and speed.
     memory_backing: str = "auto"
@@ -124,6 +130,9 @@ class GuestSpec:
         if self.memory_backing not in MEMORY_BACKINGS:
             raise SpecError(f"guest.memory-backing: {self.memory_backing!r} is not one of "
                             f"{', '.join(MEMORY_BACKINGS)}")
+        if self.advance not in GUEST_ADVANCES:
+            raise SpecError(f"guest.advance: {self.advance!r} is not one of "
+                            f"{', '.join(GUEST_ADVANCES)}")
         if self.memory_pages < 512:
             raise SpecError(f"guest.memory: {self.memory_pages} pages is less than 2 MiB")
         if self.memory_pages + self.vga_pages > MAX_GUEST_PAGES:

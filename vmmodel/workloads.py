@@ -50,6 +50,19 @@ class Workload(ABC):
                  activity: float) -> np.ndarray:
         """The gfns written in [t_ns, t_ns + dt_ns), one entry per write."""
 
+    def writes_per_s(self, t_ns: float) -> float:
+        """How many writes a second the workload makes at `t_ns`, at full activity.
+
+        What the event-driven guest cuts a stretch into chunks by (vm.py), so that a
+        chunk's gfn array stays bounded; not a result.
+        """
+        return 0.0
+
+    def next_change_ns(self, t_ns: float) -> float:
+        """The first time after `t_ns` at which the workload's behaviour changes (a phase
+        boundary): an event the guest must not generate across. `inf`: never."""
+        return math.inf
+
 
 class RateWorkload(Workload):
     """`rate` writes per second, placed by `_pick`."""
@@ -69,6 +82,9 @@ class RateWorkload(Workload):
 
     def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
         return self._pick(rng, t_ns, self._count(dt_ns, activity))
+
+    def writes_per_s(self, t_ns: float) -> float:
+        return self.spec.rate
 
     @abstractmethod
     def _pick(self, rng: np.random.Generator, t_ns: float, n: int) -> np.ndarray:
@@ -161,6 +177,9 @@ class Vga(Workload):
         starts = (frames % self.regions) * self.region_pages
         return (self.base + starts[:, None] + np.arange(painted)).ravel()
 
+    def writes_per_s(self, t_ns: float) -> float:
+        return self.spec.fps * self.region_pages
+
 
 class Phases(Workload):
     """The children in turn, each for its duration, repeating."""
@@ -177,6 +196,15 @@ class Phases(Workload):
     def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
         return self.current(t_ns).generate(rng, t_ns, dt_ns, activity)
 
+    def writes_per_s(self, t_ns: float) -> float:
+        return self.current(t_ns).writes_per_s(t_ns)
+
+    def next_change_ns(self, t_ns: float) -> float:
+        pos = t_ns % float(self.ends[-1])
+        index = min(int(np.searchsorted(self.ends, pos, side="right")), len(self.ends) - 1)
+        boundary = t_ns - pos + float(self.ends[index])  # the current phase's end
+        return min(boundary, self.current(t_ns).next_change_ns(t_ns))
+
     def prefill_gfns(self) -> np.ndarray:
         if not self.spec.prefill:
             return np.empty(0, dtype=np.int64)
@@ -192,6 +220,12 @@ class Mix(Workload):
 
     def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
         return np.concatenate([p.generate(rng, t_ns, dt_ns, activity) for p in self.parts])
+
+    def writes_per_s(self, t_ns: float) -> float:
+        return sum(p.writes_per_s(t_ns) for p in self.parts)
+
+    def next_change_ns(self, t_ns: float) -> float:
+        return min(p.next_change_ns(t_ns) for p in self.parts)
 
     def prefill_gfns(self) -> np.ndarray:
         if not self.spec.prefill:

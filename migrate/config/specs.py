@@ -20,6 +20,7 @@ from migrate.config.costs import costs_from_toml
 from migrate.config.reader import ConfigError, Table, error
 from migrate.config.schema import Choice, Flag, Integer, Key, Kind, Number, Time
 from vmmodel import (
+    GUEST_ADVANCES,
     MAX_GUEST_PAGES,
     MAX_WRITE_RATE,
     MEMORY_BACKINGS,
@@ -99,7 +100,13 @@ GUEST_SCHEMA: tuple[SpecKey, ...] = (
     _k("vcpus", "vcpus", Integer(1, MAX_VCPUS), "virtual CPUs, 1 to 256"),
     _k(None, "vga", Flag(), "add a framebuffer memory slot"),
     _k("slice_ns", "slice", Time(low=MIN_SLICE_NS, high=MAX_SLICE_NS),
-       "the guest advances in vectorised slices this long, 10 us to 100 ms"),
+       "the scheduling quantum, 10 us to 100 ms: guest processes rotate on the vCPUs each "
+       "slice, and the time faults cost the vCPUs is repaid at this pace; with `advance = "
+       "\"slices\"`, also how far each step of the guest goes"),
+    _k("advance", "advance", Choice(GUEST_ADVANCES),
+       "`events` (from one event that changes the MMU to the next, in chunks of at most "
+       "a million writes) or `slices` (fixed steps of `slice`: the reference the first is "
+       "checked against); see [How the guest advances](#how-the-guest-advances)"),
     _k("workload", "workload", Special(), "how the guest writes memory (below)"),
     _k("vga_pages", "vga-memory", Special(), "size of the framebuffer slot (whole 4 KiB pages)"),
     _k("memory_backing", "memory-backing", Choice(MEMORY_BACKINGS),

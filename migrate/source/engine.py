@@ -27,6 +27,7 @@ from migrate.source.clock import NS_PER_S, make_clock
 from migrate.source.datapath import PassTraffic
 from migrate.source.link import Link
 from migrate.source.policy import AutoConverge, Decision, PassFigures, decide
+from migrate.source.progress import EVERY_S, PassMeter, PassProgress
 from vmmodel import PAGE_SIZE, GuestInterrupted, GuestStats, HarvestResult, Vm
 
 log = logging.getLogger("precopy.source")
@@ -43,11 +44,16 @@ class Source:
 
     def __init__(self, scenario: Scenario, client: DestinationClient, *,
                  progress: Callable[[RoundRecord], None] | None = None,
+                 pass_progress: Callable[[PassProgress], None] | None = None,
+                 pass_progress_every_s: float = EVERY_S,
                  should_stop: Callable[[], bool] | None = None) -> None:
         self.scenario = scenario
         self.client = client
         self.progress = progress
         self.vm = Vm(scenario.guest, scenario.mmu, scenario.costs, scenario.seed)
+        # Samples within a pass, between batches (`progress` has each pass once it ended).
+        self.meter = None if pass_progress is None else PassMeter(
+            pass_progress, dirty=self.vm.dirty_pages_pending, every_s=pass_progress_every_s)
         if should_stop is not None:
             self.vm.should_stop = should_stop  # Ctrl-C reaches into a long guest stretch
         self.bandwidth_bps = min(scenario.link.bandwidth_bps, scenario.migration.max_bandwidth_bps)
@@ -255,6 +261,9 @@ class Source:
     async def send_pages(self, pass_no: int, gfns: np.ndarray) -> PassTraffic:
         """Send `gfns` over the page channels, each batch read from guest memory as it goes out."""
         m = self.scenario.migration
+        if self.meter is not None:
+            phase = "stop-and-copy" if self.vm.paused else "precopy"
+            self.meter.start(pass_no, phase, len(gfns), m.batch_pages, self.clock.now_ns)
         traffic = await datapath.send_pass(
             self.client, self.migration_id, pass_no, gfns, memory=self.vm.memory,
             link=self.link, batch_pages=m.batch_pages, channels=m.channels,
@@ -273,7 +282,8 @@ class Source:
         return traffic
 
     def _before_batch(self) -> None:
-        """Run the guest up to now, so the batch is read as it is at the time it is sent.
+        """Run the guest up to now, so the batch is read as it is at the time it is sent;
+        then the meter, if any, may sample the pass.
 
         Raise `MigrationCancelled` if a precopy pass alone outlasts twice max-time (a link
         far too slow for the guest): the policy only looks between passes.
@@ -284,6 +294,8 @@ class Source:
                 f"a precopy pass was still sending after {now / NS_PER_S:.0f} s, twice max-time"
             )
         self.vm.advance_to(now)
+        if self.meter is not None:
+            self.meter.batch(now)
 
     def _device_state(self) -> bytes:
         rng = np.random.default_rng(self.scenario.seed)
@@ -338,11 +350,16 @@ _NO_GFNS = np.empty(0, dtype=np.int64)
 async def migrate(scenario: Scenario, dest_url: str, *, token: str | None = None,
                   timeout_s: float = 30.0,
                   progress: Callable[[RoundRecord], None] | None = None,
+                  pass_progress: Callable[[PassProgress], None] | None = None,
                   should_stop: Callable[[], bool] | None = None) -> Report:
     """Run one migration of `scenario` to the destination at `dest_url`.
 
+    `progress` is called with each pass's record as the pass ends, `pass_progress`
+    with samples of the pass in flight (see `migrate.source.progress`).
     `should_stop` is asked between guest slices; once it says yes the migration is
     cancelled, even in the middle of a long synchronous stretch of the model.
     """
     async with DestinationClient(dest_url, token=token, timeout_s=timeout_s) as client:
-        return await Source(scenario, client, progress=progress, should_stop=should_stop).run()
+        source = Source(scenario, client, progress=progress, pass_progress=pass_progress,
+                        should_stop=should_stop)
+        return await source.run()
