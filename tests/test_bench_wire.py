@@ -14,7 +14,8 @@ import pytest
 from migrate.bench import wire as bench
 from tests.procs import precopy
 
-RUNS = ("random", "zero", "mixed", "mixed-lz4", "random-2ch", "random-4ch")
+RUNS = ("random", "zero", "mixed", "mixed-lz4", "random-2ch", "random-4ch", "generated",
+        "generated-digests")
 FIGURES = ("pages-per-s", "mb-per-s", "ceiling-mb-per-s", "ratio-to-ceiling",
            "first-pass-mb-per-s", "wire-mb-per-s", "compression-ratio")
 
@@ -41,6 +42,8 @@ def test_keys_and_verdicts(result):
     assert result["mixed-lz4"]["compression-ratio"] > 1.5
     assert result["zero"]["wire-mb-per-s"] < result["zero"]["mb-per-s"] / 100  # flags only
     assert (result["random-2ch"]["channels"], result["random-4ch"]["channels"]) == (2, 4)
+    assert {result[name]["store"] for name in RUNS} == {"image", "digests"}
+    assert result["generated-digests"]["store"] == "digests"
     assert result["quick"] is True
     assert result["met"] == dict.fromkeys(bench.TARGETS)  # a quick run judges no target
 
@@ -60,13 +63,15 @@ def test_a_quick_run_does_not_print_cpu_quantized_to_clock_ticks(result):
 def test_a_full_run_that_misses_a_target_says_so_and_exits_1(result):
     full = {**result, "quick": False}
     fast = {**full, "random": {**full["random"], "ratio-to-ceiling": 0.9},
-            "zero": {**full["zero"], "pages-per-s": 2 * bench.TARGETS["zero-pages-per-s"]}}
+            "zero": {**full["zero"], "pages-per-s": 2 * bench.TARGETS["zero-pages-per-s"]},
+            "generated": {**full["generated"], "ratio-to-ceiling": 0.9}}
     fast["met"] = bench.judge(fast)
     assert fast["met"] == dict.fromkeys(bench.TARGETS, True)
     assert bench.exit_code(fast) == bench.EXIT_MET == 0
     slow = {**fast, "zero": {**fast["zero"], "pages-per-s": 1e3}}
     slow["met"] = bench.judge(slow)
-    assert slow["met"] == {"random-ratio-to-ceiling": True, "zero-pages-per-s": False}
+    assert slow["met"] == {"random-ratio-to-ceiling": True, "zero-pages-per-s": False,
+                           "generated-ratio-to-ceiling": True}
     assert bench.exit_code(slow) == bench.EXIT_MISSED == 1
     table = bench.format_table(slow)
     assert "zero >= 5 M pages/s: NOT met" in table and "exit 1" in table
@@ -80,6 +85,12 @@ def test_table(result):
 
 def test_contents():
     npages = 512
+    generated = bench.generated_memory(npages)
+    assert generated.kind == "generated" and generated.array is None  # no page bytes held
+    held = generated.write_count != 0
+    assert 0.7 < held.mean() < 0.8  # the default working set, three quarters
+    pages = generated.pages
+    assert not pages[~held].any() and pages[held].any(axis=1).all()
     zero = bench.zero_memory(npages)
     assert not zero.any()
     mixed = bench.mixed_memory(npages)

@@ -94,3 +94,14 @@ def test_validation() -> None:
     with pytest.raises(ValueError):
         diff_pages(np.zeros(3, np.uint64), np.zeros(4, np.uint64))
     assert page_digests(np.zeros((0, PAGE), np.uint8)).shape == (0,)
+
+
+def test_digests_of_rows_are_those_of_the_rows_gathered():
+    pages = random_pages(300, seed=4)
+    whole = page_digests(pages)
+    for rows in (np.arange(300), np.arange(1, 300, 3), np.r_[0:40, 41:100, 250:283], [7], []):
+        np.testing.assert_array_equal(page_digests(pages, np.asarray(rows, dtype=np.int64)),
+                                      whole[np.asarray(rows, dtype=np.int64)])
+    for bad in ([3, 2], [1, 1], [300], [-1, 2]):
+        with pytest.raises(ValueError, match="strictly ascending"):
+            page_digests(pages, np.array(bad))

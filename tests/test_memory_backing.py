@@ -78,11 +78,20 @@ def test_generated_pages_are_the_stored_pages(steps, probe):
         assert (read.n_zero, read.compressed) == (gathered.n_zero, gathered.compressed)
 
 
-def test_generated_digests_are_read_in_bounded_chunks(monkeypatch):
-    """A generated memory is digested a chunk at a time, never all pages at once."""
+class _Opaque(GeneratedMemory):
+    """A backing whose reader can only read it: no array, no templates."""
+
+    @property
+    def templates(self) -> None:
+        return None
+
+
+def test_a_backing_without_templates_is_read_in_bounded_chunks(monkeypatch):
+    """A backing with neither array nor templates is digested a chunk at a time, never all
+    pages at once (a generated one is not read at all: tests/test_template_digests.py)."""
     import migrate.digest as digest
 
-    memory = GeneratedMemory(10_000)
+    memory = _Opaque(10_000)
     memory.fill(np.arange(0, 9000, 3), POOLS[0])
     biggest = []
     real = memory.read
@@ -161,3 +170,20 @@ def test_a_lost_write_is_caught_the_same_whichever_backing(tmp_path):
                                                 "mmu.strategy=rmap-noflush")
     assert rc_s == rc_g == 1 and stored["verified"] is False and stored["lost-pages"]
     assert generated == stored
+
+
+@pytest.mark.parametrize("first,length", [(0, 1), (5, 63), (64, 64), (70, 65), (1, 256),
+                                          (100, 513), (2990, 10)])
+def test_a_run_of_generated_pages_is_read_as_the_stored_run(first, length):
+    """A run (a first pass's batch) is copied from the pool in slices, cycling through it
+    from any offset, or gathered when that would take too many copies: the same bytes."""
+    stored, generated = StoredMemory(NPAGES), GeneratedMemory(NPAGES)
+    steps = [("fill", np.arange(0, NPAGES, dtype=np.int64), 0),
+             ("stamp", np.arange(0, NPAGES, 3, dtype=np.int64))]
+    _apply(steps, stored, generated)
+    gfns = np.arange(first, first + length, dtype=np.int64)
+    a = np.empty((length, PAGE_SIZE), dtype=np.uint8)
+    b = np.full_like(a, 0xAA)
+    stored.read(gfns, a)
+    generated.read(gfns, b)
+    assert np.array_equal(a, b)

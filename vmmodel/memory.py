@@ -10,6 +10,7 @@ its stamp (`GeneratedMemory`): same bytes, 9 B per page instead of 4 KiB.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,6 +24,10 @@ READ_CHUNK_PAGES = 16_384  # 64 MiB of pages: what a whole-memory read holds at 
 # measured faster at 1 and 8 GiB and holds 9 B per page. Below it the stored array costs at
 # most 1 GiB of calloc'd memory, and a test (or a trace) may write any bytes into it.
 AUTO_GENERATED_PAGES = 1 << 18  # 1 GiB
+# A run of generated pages is copied from its pool in slices when that takes at most this
+# many copies (a 256-page batch of the 64-page prefill pool: 5), else gathered: measured on
+# the 2-core Intel Xeon, 35 vs 43 us for the batch.
+COPY_CYCLES = 8
 
 
 class MemSlot:
@@ -74,6 +79,19 @@ class MemSlot:
         return f"MemSlot(id={self.id}, {self.name}, base_gfn={self.base_gfn}, npages={self.npages})"
 
 
+class Templates(NamedTuple):
+    """What every page of a generated backing is made of, for a reader that need not see bytes.
+
+    Page g is `pools[ids[g] - 1][g % len(that pool)]` (all zeros where
+    `ids[g]` is 0), then, once written (its write counter c != 0), its u64
+    words 0 and 1 replaced by (g, c). `migrate.digest` digests a whole guest
+    from this in O(pages) instead of generating its bytes.
+    """
+
+    ids: np.ndarray  # uint8 per page: 0 the zero page, k the pool pools[k - 1]
+    pools: tuple[np.ndarray, ...]  # (n, 4096) uint8 each
+
+
 class GuestMemory(ABC):
     """How the host backs the guest's pages: one interface, two implementations.
 
@@ -98,6 +116,15 @@ class GuestMemory(ABC):
         """The (npages, 4096) array of every page if the backing keeps one, else None.
 
         A reader with an array reads pages in place (no copy); else it asks `read`.
+        """
+        return None
+
+    @property
+    def templates(self) -> Templates | None:
+        """Every page's template, if its bytes are its template plus its stamp, else None.
+
+        None for a backing that may hold any bytes (`StoredMemory`): its reader
+        must read them.
         """
         return None
 
@@ -213,6 +240,10 @@ class GeneratedMemory(GuestMemory):
         self.pools: list[np.ndarray] = []
 
     @property
+    def templates(self) -> Templates:
+        return Templates(self.template, tuple(self.pools))
+
+    @property
     def nbytes(self) -> int:
         pools = sum(p.nbytes for p in self.pools)
         return self.write_count.nbytes + self.template.nbytes + pools
@@ -237,13 +268,17 @@ class GeneratedMemory(GuestMemory):
         self.stamp(gfns)
 
     def read(self, gfns: np.ndarray, out: np.ndarray) -> None:
-        template = self.template[gfns]
+        rows = _as_run(gfns)  # a run (a first pass) reads the per-page arrays in place
+        template = self.template[rows]
         ids = np.unique(template) if len(self.pools) > 1 else None
         if ids is None and (len(self.pools) == 0 or not template.any()):
             out[:] = 0
-        elif ids is None and template.all():  # one pool, every page from it: one take
+        elif ids is None and template.all():  # one pool, every page from it
             pool = self.pools[0]
-            np.take(pool, gfns % len(pool), axis=0, out=out, mode="clip")  # in range: unbuffered
+            if isinstance(rows, slice) and len(out) <= COPY_CYCLES * len(pool):
+                _copy_cycle(pool, rows.start, out)
+            else:
+                np.take(pool, gfns % len(pool), axis=0, out=out, mode="clip")  # in range
         else:
             for tid in (ids if ids is not None else (0, 1)):  # a few pools, not per page
                 sel = template == tid
@@ -252,20 +287,38 @@ class GeneratedMemory(GuestMemory):
                 else:
                     pool = self.pools[tid - 1]
                     out[sel] = pool[gfns[sel] % len(pool)]
-        count = self.write_count[gfns]
+        count = self.write_count[rows]
         words = out.view(np.uint64)
         written = count != 0
         if written.all():
-            words[:, 0] = gfns.astype(np.uint64)
+            words[:, 0] = gfns
             words[:, 1] = count
         elif written.any():
-            words[written, 0] = gfns[written].astype(np.uint64)
+            words[written, 0] = gfns[written]
             words[written, 1] = count[written]
 
     def zero_mask(self, gfns: np.ndarray) -> np.ndarray:
         # A written page carries its stamp, (gfn, count >= 1): never zero; `fill` stamps,
         # so a page never written still has the zero template.
         return (self.write_count[gfns] == 0) & (self.template[gfns] == 0)
+
+
+def _as_run(gfns: np.ndarray) -> slice | np.ndarray:
+    """*gfns* as a slice if they are consecutive and ascending (a view, not a gather), else
+    themselves."""
+    n = len(gfns)
+    if not n or int(gfns[-1]) - int(gfns[0]) != n - 1 or not (gfns[1:] > gfns[:-1]).all():
+        return gfns
+    return slice(int(gfns[0]), int(gfns[0]) + n)
+
+
+def _copy_cycle(pool: np.ndarray, first: int, out: np.ndarray) -> None:
+    """`out[i] = pool[(first + i) % len(pool)]`, as a few slice copies (memcpy, no gather)."""
+    done, row = 0, first % len(pool)
+    while done < len(out):  # len(out) / len(pool) + 1 copies, at most COPY_CYCLES + 1
+        step = min(len(pool) - row, len(out) - done)
+        out[done : done + step] = pool[row : row + step]
+        done, row = done + step, 0
 
 
 def make_memory(backing: str, npages: int) -> GuestMemory:
