@@ -21,8 +21,10 @@ from vmmodel import PAGE_SIZE
 
 TERM_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 # The source is silent between its last page and COMPLETE while it digests every page
-# (`digest.memory_digests`): measured at 3.3 us a generated page on the 2-core Intel box with
-# another job beside it, 55 s for 64 GiB. `run` gives its destination three times that.
+# (`digest.memory_digests`). A generated backing is digested from its templates (~5 ns a
+# page: 20 ms for 4 GiB), but a stored one is hashed byte by byte: 3.3 us a page measured
+# on the 2-core Intel box with another job beside it, 55 s for 64 GiB (`guest.memory-backing
+# = "stored"` is allowed at any size). `run` gives its destination three times that.
 SOURCE_SILENT_NS_PER_PAGE = 10_000
 
 
