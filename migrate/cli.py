@@ -26,9 +26,10 @@ from aiohttp import web
 
 from migrate import units
 from migrate.config import ConfigError, Scenario, load_scenario
+from migrate.config.host import available_memory_bytes, check_host_memory, run_destination_store
 from migrate.dest.server import IDLE_TIMEOUT_S, make_app
 from migrate.dest.store import STORES
-from migrate.launch import DestinationProcess
+from migrate.launch import DestinationProcess, run_destination_args
 from migrate.live import LiveLine, is_terminal
 from migrate.malloc import raise_malloc_thresholds
 from migrate.report import Report, RoundRecord
@@ -226,7 +227,7 @@ def cmd_source(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     _check_source_options(args)
     scenario = _load(args)
-    dest = _start_destination(scenario)
+    dest = _start_destination(scenario, _run_store(scenario))
     try:
         report = asyncio.run(_run_source(scenario, dest.url, args))
     finally:
@@ -234,10 +235,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _finish(report, args)
 
 
-def _start_destination(scenario: Scenario) -> DestinationProcess:
+def _run_store(scenario: Scenario) -> str:
+    """The destination's store for `run`, once source and destination together fit this host.
+
+    Raise `UsageError` (naming guest.memory) if they do not.
+    """
+    available = available_memory_bytes()
+    store = run_destination_store(scenario.guest, scenario.mmu, available)
+    reason = check_host_memory(scenario.guest, scenario.mmu, available, destination=store)
+    if reason:
+        raise UsageError(f"config: {reason}")
+    return store
+
+
+def _start_destination(scenario: Scenario, store: str) -> DestinationProcess:
     """A `precopy dest --once` child sized for *scenario*; it ignores Ctrl-C (see launch)."""
     total = scenario.guest.memory_pages + scenario.guest.vga_pages
-    return DestinationProcess("--once", "--max-memory", str(total * PAGE_SIZE), ignore_sigint=True)
+    return DestinationProcess(*run_destination_args(total, store), ignore_sigint=True)
 
 
 def _one_line(record: logging.LogRecord) -> bool:
@@ -309,6 +323,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from migrate.bench import mmu as bench
     elif args.what == "wire":
         from migrate.bench import wire as bench
+    elif args.what == "scale":
+        from migrate.bench import scale as bench
     else:
         raise UsageError(f"bench: unknown benchmark {args.what!r}")
     if args.size is not None:
@@ -399,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure the emulator itself",
                        description="Exit status: 0, or 1 when a full run missed a target "
-                                   "(a --quick run judges none), 2 for bad usage.")
-    p.add_argument("what", choices=["mmu", "wire"], help="which benchmark")
+                                   "(a --quick run judges none) or a scale point failed, "
+                                   "2 for bad usage.")
+    p.add_argument("what", choices=["mmu", "wire", "scale"], help="which benchmark")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     p.add_argument("--size", metavar="SIZE",

@@ -1,7 +1,7 @@
 """`precopy dest` as a child process on a free loopback port.
 
 One launcher for everything that needs a destination next to it: `precopy
-run`, `precopy bench wire` and the end-to-end tests. The child is a real
+run`, `precopy bench wire`, `precopy bench scale` and the end-to-end tests. The child is a real
 `python -m migrate dest` process, so it is exactly what a person starts by hand;
 it prints the URL it listens on as its first line, and that is how we learn it.
 """
@@ -16,7 +16,28 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
+from migrate.dest.server import IDLE_TIMEOUT_S
+from vmmodel import PAGE_SIZE
+
 TERM_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
+# The source is silent between its last page and COMPLETE while it digests every page
+# (`digest.memory_digests`). A generated backing is digested from its templates (~5 ns a
+# page: 20 ms for 4 GiB), but a stored one is hashed byte by byte: 3.3 us a page measured
+# on the 2-core Intel box with another job beside it, 55 s for 64 GiB (`guest.memory-backing
+# = "stored"` is allowed at any size). `run` gives its destination three times that.
+SOURCE_SILENT_NS_PER_PAGE = 10_000
+
+
+def run_destination_args(npages: int, store: str) -> list[str]:
+    """The options `precopy run` starts its destination with, for a guest of *npages*.
+
+    `--once`; `--max-memory` the guest's size, so that *store* (`image` or
+    `digests`, see `config.host.run_destination_store`) always fits; an idle
+    timeout that outlasts the source's silent digesting of a large guest.
+    """
+    idle_s = max(IDLE_TIMEOUT_S, npages * SOURCE_SILENT_NS_PER_PAGE / 1e9)
+    return ["--once", "--max-memory", str(npages * PAGE_SIZE), "--store", store,
+            "--idle-timeout", f"{idle_s:g}"]
 
 
 class DestinationProcess:

@@ -3,9 +3,11 @@
 import dataclasses
 import re
 import tomllib
+import tracemalloc
 
 import pytest
 
+from migrate import cli
 from migrate.config import (
     CLOCKS,
     COMPRESSIONS,
@@ -19,11 +21,16 @@ from migrate.config import (
     MigrationParams,
     Scenario,
     apply_override,
+    host,
     load_scenario,
     scenario_from_dict,
 )
 from migrate.config import scenario as scenario_module
-from migrate.config.host import available_memory_bytes, model_memory_bytes
+from migrate.config.host import (
+    available_memory_bytes,
+    destination_memory_bytes,
+    model_memory_bytes,
+)
 from migrate.config.schema import Choice, Flag, Rate, Time, keys_of
 from migrate.config.specs import (
     GUEST_SCHEMA,
@@ -34,7 +41,7 @@ from migrate.config.specs import (
     spec_fields_without_key,
 )
 from tests.procs import SMALL, precopy
-from vmmodel import MMU_SHAPES, STRATEGIES, WORKLOAD_KINDS, CostTable
+from vmmodel import MMU_SHAPES, STRATEGIES, WORKLOAD_KINDS, CostTable, Vm
 
 MiB, GiB = 1024**2, 1024**3
 
@@ -686,15 +693,99 @@ def test_a_guest_the_host_cannot_hold_names_guest_memory(monkeypatch):
     assert scenario_from_dict(load_scenario(None, ["guest.memory=4MiB"]).to_dict())
 
 
+def _need(*overrides: str, destination: str | None = None) -> int:
+    s = scenario_from_dict({}, overrides)  # no fit check: these guests need not fit here
+    need = model_memory_bytes(s.guest, s.mmu) - host.PROCESS_BASE_BYTES
+    if destination:
+        need += destination_memory_bytes(s.guest, destination) - host.PROCESS_BASE_BYTES
+    return need
+
+
 def test_memory_need_counts_written_pages_and_per_page_state():
-    small = load_scenario(None, ["guest.memory=64MiB"])
-    big = load_scenario(None, ["guest.memory=128MiB"])
-    assert model_memory_bytes(big.guest, big.mmu) == 2 * model_memory_bytes(small.guest,
-                                                                             small.mmu)
-    idle_half = load_scenario(None, ["guest.memory=128MiB", "guest.workload.working-set=50%"])
-    assert model_memory_bytes(idle_half.guest, idle_half.mmu) < model_memory_bytes(big.guest,
-                                                                                   big.mmu)
+    small, big = _need("guest.memory=64MiB"), _need("guest.memory=128MiB")
+    assert big == 2 * small  # stored (auto, under 1 GiB): 4 KiB a written page, state for all
+    assert _need("guest.memory=128MiB", "guest.workload.working-set=50%") < big
     assert available_memory_bytes() > 0  # this host's /proc/meminfo reads
+
+
+def test_memory_need_follows_the_backing():
+    """Generated pages hold no bytes: the need does not grow with the pages written."""
+    written = ("guest.memory=2GiB", "guest.workload.working-set=100%")
+    untouched = ("guest.memory=2GiB", "guest.workload.working-set=2MiB")
+    stored = ("guest.memory-backing=stored",)
+    assert _need(*written, *stored) - _need(*untouched, *stored) == 2 * GiB - 2 * MiB
+    assert _need(*written) == _need(*untouched)  # auto at 2 GiB: generated
+    assert _need(*written) < _need(*written, *stored) // 30
+    # a 1 TiB generated guest needs about 1/40 of its size, not its size
+    assert 20 * GiB < _need("guest.memory=1TiB") < 32 * GiB
+
+
+@pytest.mark.parametrize(("memory", "backing"), [("1022MiB", "stored"), ("1GiB", "generated")])
+def test_the_fit_check_resolves_auto_as_the_model_does(memory, backing):
+    s = scenario_from_dict({}, [f"guest.memory={memory}", "guest.workload.prefill=false"])
+    assert host.memory_backing(s.guest) == backing
+    assert Vm(s.guest, s.mmu, s.costs, s.seed).memory.kind == backing
+
+
+@pytest.mark.parametrize("overrides", [
+    ("guest.memory=1GiB", "guest.memory-backing=generated"),
+    ("guest.memory=256MiB", "guest.memory-backing=stored", "guest.workload.working-set=16MiB"),
+    ("guest.memory=64MiB", "mmu.shape=shadow", "mmu.mapped-memory=16MiB", "guest.vcpus=8"),
+    ("guest.memory=64MiB", "mmu.shape=shadow", "mmu.shared=0", "mmu.address-spaces=2"),
+])
+def test_the_per_page_constants_cover_what_the_model_allocates(overrides):
+    """tracemalloc sees every numpy array: the model built and prefilled holds what the fit
+    check counts for it (its migration arrays left out), give or take its fixed part."""
+    s = scenario_from_dict({}, overrides)
+    tracemalloc.start()
+    try:
+        vm = Vm(s.guest, s.mmu, s.costs, s.seed)
+        vm.prefill()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    if vm.memory.array is not None:  # calloc'd: only the written pages are host memory
+        held += host.written_pages(s.guest) * 4096 - vm.memory.array.nbytes
+    counted = _need(*overrides) - s.guest.memory_pages * host.SOURCE_MIGRATION_BYTES_PER_PAGE
+    fixed = 2 * MiB  # the template pool (256 KiB), TLB rings, module imports while traced
+    assert counted * 0.8 < held <= counted + fixed, (held, counted)
+
+
+def test_a_destination_store_is_counted_for_run():
+    image = _need("guest.memory=512MiB", destination="image")
+    digests = _need("guest.memory=512MiB", destination="digests")
+    source = _need("guest.memory=512MiB")
+    assert image - source > 384 * MiB  # the 75 % working set, received
+    assert 0 < digests - source < 32 * MiB
+    with pytest.raises(ValueError, match="store 'disk'"):
+        destination_memory_bytes(load_scenario(None).guest, "disk")
+
+
+@pytest.mark.parametrize(("memory", "available", "store"), [
+    ("512MiB", 64 * GiB, "image"),  # small and fits: the image, as QEMU keeps it
+    ("512MiB", 1 * GiB, "digests"),  # small but source and image would take half the host
+    ("1GiB", 64 * GiB, "digests"),  # from DIGEST_STORE_FROM_PAGES up, whatever the host
+    ("1GiB", None, "digests"),
+    ("512MiB", None, "image"),  # the host unknown
+])
+def test_run_picks_the_digest_store_for_large_guests(memory, available, store):
+    s = scenario_from_dict({}, [f"guest.memory={memory}"])
+    assert host.run_destination_store(s.guest, s.mmu, available) == store
+
+
+def test_a_guest_whose_destination_does_not_fit_beside_it_is_refused_by_run(monkeypatch):
+    """The source alone fits; with run's destination (digests) it does not: exit 2, one line
+    naming guest.memory, before any process starts."""
+    s = scenario_from_dict({}, ["guest.memory=1TiB"])
+    source = model_memory_bytes(s.guest, s.mmu)
+    assert host.check_host_memory(s.guest, s.mmu, source) is None
+    reason = host.check_host_memory(s.guest, s.mmu, source, destination="digests")
+    assert reason.startswith("guest.memory: 1TiB needs about "), reason
+    assert "destination keeping digests" in reason
+    monkeypatch.setattr(scenario_module, "available_memory_bytes", lambda: source)
+    monkeypatch.setattr(cli, "available_memory_bytes", lambda: source)
+    monkeypatch.setattr(cli, "DestinationProcess", None)  # never reached
+    assert cli.main(["run", "--set", "guest.memory=1TiB"]) == 2
 
 
 def test_shadow_mapped_memory_larger_than_the_guest_is_refused():
