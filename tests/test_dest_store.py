@@ -227,3 +227,11 @@ def test_a_digest_thread_failure_reaches_verification(monkeypatch):
     store.put(np.array([1]), np.ones((1, PAGE), np.uint8), 1)
     with pytest.raises(MemoryError, match="no room"):
         store.digests()
+
+
+def test_auto_and_run_keep_digests_from_the_same_size():
+    """`precopy dest --store auto` and the store `precopy run` picks switch at one size (the
+    destination cannot import the config: two constants, kept equal here)."""
+    from migrate.config.host import DIGEST_STORE_FROM_PAGES
+
+    assert AUTO_DIGESTS_PAGES == DIGEST_STORE_FROM_PAGES
