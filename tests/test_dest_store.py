@@ -180,50 +180,9 @@ def test_a_guest_larger_than_max_memory_is_taken_with_digests_only(tmp_path):
     assert "its image would need 8388608 bytes; --store digests holds 12 bytes a page" in said[0]
 
 
-def test_the_digest_thread_keeps_the_order_of_the_batches(monkeypatch):
-    """Batches hashed on the digest thread, slowly: a ZERO page stored while its earlier
-    content is still being hashed ends as a zero page, and back-pressure holds at most
-    PENDING_BATCHES in flight; digests() waits for all of it."""
-    import threading
-    import time
+def test_auto_and_run_keep_digests_from_the_same_size():
+    """`precopy dest --store auto` and the store `precopy run` picks switch at one size (the
+    destination cannot import the config: two constants, kept equal here)."""
+    from migrate.config.host import DIGEST_STORE_FROM_PAGES
 
-    import migrate.dest.store as store_mod
-
-    real = store_mod.page_digests
-    gate = threading.Event()
-
-    def slow(content):
-        gate.wait(5)
-        time.sleep(0.002)
-        return real(content)
-
-    monkeypatch.setattr(store_mod, "page_digests", slow)
-    monkeypatch.setattr(store_mod, "PENDING_BATCHES", 3)
-    store = DigestStore(NPAGES)
-    rng = np.random.default_rng(9)
-    pages = rng.integers(0, 256, (6, PAGE), dtype=np.uint8)
-    store.put(np.array([1, 2]), pages[:2], 1)
-    store.put_zero(np.array([2]), 2)  # behind the hash of gfn 2's pass-1 content
-    store.put(np.array([3]), pages[2:3], 2)
-    assert store.in_flight == 3
-    gate.set()
-    store.put(np.array([2, 4]), pages[3:5], 3)  # waits for the oldest: at most 3 in flight
-    assert store.in_flight <= 3
-    store.put_zero(np.array([4]), 4)
-    expected = np.zeros((NPAGES, PAGE), dtype=np.uint8)
-    expected[1], expected[2], expected[3] = pages[0], pages[3], pages[2]
-    np.testing.assert_array_equal(store.digests(), real(expected))
-    assert store.in_flight == 0
-
-
-def test_a_digest_thread_failure_reaches_verification(monkeypatch):
-    import migrate.dest.store as store_mod
-
-    def broken(content):
-        raise MemoryError("no room to hash")
-
-    monkeypatch.setattr(store_mod, "page_digests", broken)
-    store = DigestStore(NPAGES)
-    store.put(np.array([1]), np.ones((1, PAGE), np.uint8), 1)
-    with pytest.raises(MemoryError, match="no room"):
-        store.digests()
+    assert AUTO_DIGESTS_PAGES == DIGEST_STORE_FROM_PAGES

@@ -10,20 +10,11 @@ so both verify the same pages as lost.
 
 The receiver decides which pages of a batch are stored (the newer-pass
 filter); a store only stores them.
-
-`DigestStore` hashes on a thread of its own (`DIGESTER`: numpy releases the
-GIL while it computes), so that the event loop goes on receiving meanwhile and
-the destination's digesting can use a core the source leaves idle. Its writes
-keep the order of the batches (one thread, jobs in order), so the digest a
-page ends with is that of the last content stored, as if hashed inline.
 """
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -59,11 +50,7 @@ class PageStore(ABC):
 
     @abstractmethod
     def put(self, gfns: np.ndarray, content: np.ndarray, pass_no: int) -> None:
-        """Store NORMAL pages *content* (one 4 KiB row per gfn) of pass *pass_no*.
-
-        *gfns* and *content* are the caller's to give: their buffers are never
-        written again (a page stream receives each frame into a buffer of its own).
-        """
+        """Store NORMAL pages *content* (one 4 KiB row per gfn) of pass *pass_no*."""
         ...
 
     @abstractmethod
@@ -109,27 +96,8 @@ class ImageStore(PageStore):
         return out
 
 
-PENDING_BATCHES = 8  # batches handed to the digest thread and not yet hashed: ~8 MiB held
-_digester: ThreadPoolExecutor | None = None
-_digester_lock = threading.Lock()
-
-
-def digester() -> ThreadPoolExecutor:
-    """The destination's one digest thread (started on first use, shared by every store)."""
-    global _digester
-    with _digester_lock:
-        if _digester is None:
-            _digester = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precopy-digest")
-        return _digester
-
-
 class DigestStore(PageStore):
-    """One u64 digest per page, computed from each batch as it arrives: 12 bytes per page.
-
-    The hashing runs on `digester()`, at most `PENDING_BATCHES` batches behind
-    the stream (then `put` waits: back-pressure on the source); `digests`
-    waits for all of it.
-    """
+    """One u64 digest per page, computed from each batch as it arrives: 12 bytes per page."""
 
     name = "digests"
     bytes_per_page = 8 + 4  # the digest, the pass
@@ -137,48 +105,18 @@ class DigestStore(PageStore):
     def __init__(self, npages: int) -> None:
         super().__init__(npages)
         self._digests = np.full(npages, ZERO_DIGEST, dtype=np.uint64)
-        self._pending: deque[Future[None]] = deque()
 
     def put(self, gfns: np.ndarray, content: np.ndarray, pass_no: int) -> None:
-        self.page_pass[gfns] = pass_no
         if len(gfns):
-            self._submit(self._write, gfns, content)
+            self._digests[gfns] = page_digests(content)
+        self.page_pass[gfns] = pass_no
 
     def put_zero(self, gfns: np.ndarray, pass_no: int) -> None:
+        self._digests[gfns] = ZERO_DIGEST
         self.page_pass[gfns] = pass_no
-        if self._settled():
-            self._digests[gfns] = ZERO_DIGEST  # nothing in flight to overtake
-        else:
-            self._submit(self._write_zero, gfns)
-
-    @property
-    def in_flight(self) -> int:
-        """Batches handed to the digest thread and not yet known to be hashed."""
-        return len(self._pending)
 
     def digests(self) -> np.ndarray:
-        """Every page's digest, once the digest thread has hashed all it was given."""
-        while self._pending:
-            self._pending.popleft().result()  # re-raises what the thread raised
         return self._digests
-
-    def _write(self, gfns: np.ndarray, content: np.ndarray) -> None:
-        self._digests[gfns] = page_digests(content)
-
-    def _write_zero(self, gfns: np.ndarray) -> None:
-        self._digests[gfns] = ZERO_DIGEST
-
-    def _settled(self) -> bool:
-        """Drop the jobs done (raising what one raised); return whether none is left."""
-        while self._pending and self._pending[0].done():
-            self._pending.popleft().result()
-        return not self._pending
-
-    def _submit(self, job, *args: np.ndarray) -> None:
-        self._settled()
-        while len(self._pending) >= PENDING_BATCHES:
-            self._pending.popleft().result()
-        self._pending.append(digester().submit(job, *args))
 
 
 STORE_TYPES: dict[str, type[PageStore]] = {"image": ImageStore, "digests": DigestStore}

@@ -138,6 +138,7 @@ class _FrameReader(asyncio.BufferedProtocol):
         self._stream = stream
         self._transport = transport
         self._head = memoryview(bytearray(wire.HEADER_SIZE))
+        self._body = np.empty(0, dtype=np.uint8)  # reused: a frame is stored before the next
         self._header: wire.Header | None = None
         self._buf = self._head
         self._filled = 0
@@ -174,10 +175,9 @@ class _FrameReader(asyncio.BufferedProtocol):
         if self._header is None:
             self._header = wire.parse_header(self._head, self._stream.max_body)
             if self._header.length:
-                # A buffer of its own per frame, never reused: the store may keep the pages
-                # it is handed (the digest store digests them on its own thread). The freed
-                # ones are malloc's to hand out again (the raised thresholds: no page faults).
-                self._buf = memoryview(np.empty(self._header.length, dtype=np.uint8))
+                if self._body.shape[0] < self._header.length:
+                    self._body = np.empty(self._header.length, dtype=np.uint8)
+                self._buf = memoryview(self._body)[: self._header.length]
                 self._filled = 0
                 return
         header, body = self._header, self._buf if self._header.length else b""
