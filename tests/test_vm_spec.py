@@ -360,29 +360,19 @@ def test_a_long_stretch_agrees_with_slice_by_slice(make_vm, kind, extra):
         np.testing.assert_array_equal(coarse.memory.write_count, fine.memory.write_count)
 
 
-def test_should_stop_is_asked_between_slices(make_vm):
-    """A long stretch stops at the first slice boundary after its caller says stop (Ctrl-C
-    in the CLI), leaving the model whole: time and writes end on that slice."""
-    vm = make_vm("tdp", "uniform", pages=2048, rate=2_000.0, advance="slices")
-    start, slice_ns = vm.now_ns, vm.guest.slice_ns
-    asked = []
-    vm.should_stop = lambda: asked.append(vm.now_ns) or len(asked) >= 3
-    with pytest.raises(GuestInterrupted):
-        vm.advance(1e9)
-    assert asked == [start + k * slice_ns for k in (1, 2, 3)]
-    assert vm.now_ns == start + 3 * slice_ns
-    assert vm.mmu.check_consistency() == []
-
-
-def test_should_stop_is_asked_between_event_driven_chunks(make_vm):
-    """The event-driven guest asks between chunks: chunks double from one slice while the
-    vCPUs lose little to faults (none here: free faults), so the third ends at 7 slices."""
-    vm = make_vm("tdp", "uniform", pages=2048, rate=2_000.0,
+@pytest.mark.parametrize("advance,steps", [("slices", (1, 2, 3)), ("events", (1, 3, 7))])
+def test_should_stop_is_asked_between_steps(make_vm, advance, steps):
+    """A long stretch stops at the first step boundary after its caller says stop (Ctrl-C
+    in the CLI), leaving the model whole: time and writes end on that step. Slices are one
+    `guest.slice` each; event-driven chunks double from one slice while the vCPUs lose
+    little to faults (none here: free faults), so the third ends at 7 slices."""
+    vm = make_vm("tdp", "uniform", pages=2048, rate=2_000.0, advance=advance,
                  costs=CostTable(write_fault_ns=0.0, page_fault_ns=0.0))
     start, slice_ns = vm.now_ns, vm.guest.slice_ns
     asked = []
     vm.should_stop = lambda: asked.append(vm.now_ns) or len(asked) >= 3
     with pytest.raises(GuestInterrupted):
         vm.advance(1e9)
-    assert asked == [start + k * slice_ns for k in (1, 3, 7)]
+    assert asked == [start + k * slice_ns for k in steps]
+    assert vm.now_ns == start + steps[-1] * slice_ns
     assert vm.mmu.check_consistency() == []
