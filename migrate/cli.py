@@ -186,7 +186,7 @@ async def _run_source(scenario: Scenario, url: str, args: argparse.Namespace) ->
     """Migrate, cancelling cleanly on SIGINT/SIGTERM (the report is still written).
 
     A plain signal handler, not the loop's: it runs between two bytecodes even while
-    the model runs a long synchronous stretch, and the model asks it between slices.
+    the model runs a long synchronous stretch, and the model asks it between steps.
     On a terminal a live line shows the pass in flight; the pass's line replaces it.
     """
     task = asyncio.current_task()

@@ -59,7 +59,7 @@ MAX_CHUNK_LOAD = 0.1
 
 
 class GuestInterrupted(Exception):
-    """The caller's `should_stop` said stop: raised between two slices, so the model is whole."""
+    """The caller's `should_stop` said stop: raised between two steps, so the model is whole."""
 
 
 def _never() -> bool:
@@ -116,7 +116,7 @@ class Vm:
         self.workload = make_workload(guest.workload, ram, vga, self.rng)
         self.now_ns = 0.0
         self.paused = False
-        # Asked between slices: a long synchronous stretch stays interruptible (Ctrl-C).
+        # Asked between steps: a long synchronous stretch stays interruptible (Ctrl-C).
         self.should_stop: Callable[[], bool] = _never
         self._throttle = 0.0  # share of each vCPU's time taken away (auto-converge)
         self.stats = GuestStats()

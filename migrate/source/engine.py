@@ -356,8 +356,9 @@ async def migrate(scenario: Scenario, dest_url: str, *, token: str | None = None
 
     `progress` is called with each pass's record as the pass ends, `pass_progress`
     with samples of the pass in flight (see `migrate.source.progress`).
-    `should_stop` is asked between guest slices; once it says yes the migration is
-    cancelled, even in the middle of a long synchronous stretch of the model.
+    `should_stop` is asked between the guest's steps (slices or event-driven chunks);
+    once it says yes the migration is cancelled, even in the middle of a long
+    synchronous stretch of the model.
     """
     async with DestinationClient(dest_url, token=token, timeout_s=timeout_s) as client:
         source = Source(scenario, client, progress=progress, pass_progress=pass_progress,
