@@ -38,16 +38,18 @@ class SetupRecord(GuestCost):
 
 @dataclass
 class RoundRecord(GuestCost):
-    """One precopy pass, or the stop-and-copy, and the sync that ended it."""
+    """One interval between two bitmap syncs (QEMU's MIGRATION_PASS), or the stop-and-copy,
+    and the sync that ended it."""
 
-    pass_no: int = keyed("round", default=0)  # the wire's and the URL's pass; "round" here
+    pass_no: int = keyed("round", default=0)  # the dirty-sync-count it began at; the wire's pass
     phase: str = ""  # "precopy" | "stop-and-copy"
     start_ms: float = keyed("start", default=0.0)
     duration_ms: float = keyed("duration", default=0.0)
-    dirty_pages: int = 0  # pages this pass had to send
+    dirty_pages: int = 0  # pages still to send when it began (migration_dirty_pages)
     pages_sent: int = 0
     bytes: int = 0
-    bandwidth: float = 0.0  # bytes/s over this pass
+    bandwidth: float = 0.0  # bytes/s over the interval (its sync included)
+    threshold_size: float = 0.0  # QEMU's threshold_size when the sync that ended it came
     # the dirty bytes at the sync / bandwidth; the stop-and-copy's: the measured downtime
     expected_downtime_ms: float = keyed("expected-downtime", default=0.0)
     cpu_throttle_percentage: int = 0  # auto-converge's throttle during the pass
@@ -73,12 +75,27 @@ class RamStats(Record):
     normal_bytes: int = 0
     compressed_bytes: int = 0  # payload bytes after lz4, for the batches it shrank
     compression_ratio: float = 1.0  # normal pages' bytes / their bytes on the wire (lz4)
-    dirty_pages_rate: float = 0.0  # distinct pages dirtied per second, last pass
+    dirty_pages_rate: float = 0.0  # pages newly dirtied per second over the last period
     dirty_sync_count: int = 0
-    mbps: float = 0.0  # the last pass's bandwidth, in Mbit/s
+    mbps: float = 0.0  # the last window's bandwidth, in Mbit/s; at the end, the whole run's
     pages_per_second: float = 0.0
     precopy_bytes: int = 0
     downtime_bytes: int = 0
+
+
+@dataclass
+class Sample(Record):
+    """`query-migrate` as a poll every 100 ms would see it (the reference runs' `progress`)."""
+
+    t: float = 0.0  # seconds since the migration started
+    status: str = "setup"  # setup | active | device | completed | failed | cancelled
+    transferred: int = 0
+    remaining: int = 0
+    dirty_sync_count: int = 0
+    mbps: float = 0.0
+    dirty_pages_rate: float = 0.0
+    expected_downtime: float = 0.0  # ms
+    cpu_throttle_percentage: int = 0
 
 
 @dataclass
@@ -92,6 +109,9 @@ class Report(Record):
     # when the migration ended some other way mid-iteration.
     switchover: str = ""
     cpu_throttle_percentage: int = 0  # auto-converge's throttle at the end (QEMU's name)
+    max_cpu_throttle_percentage: int = 0  # the most it reached
+    qemu_version: str = ""  # whose precopy loop ran (migration.qemu-version)
+    complete_rounds: int = 0  # times the send scan went over all of memory
     ram: RamStats = field(default_factory=RamStats)
     verified: bool = False
     lost_pages: list[int] = field(default_factory=list)  # the first 10,000 at most
@@ -105,6 +125,7 @@ class Report(Record):
     setup: SetupRecord = field(default_factory=SetupRecord)
     config: dict[str, Any] = field(default_factory=dict)
     rounds: list[RoundRecord] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

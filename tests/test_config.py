@@ -26,6 +26,7 @@ from migrate.config import (
     scenario_from_dict,
 )
 from migrate.config import scenario as scenario_module
+from migrate.config.schema import Text
 from migrate.config.host import (
     available_memory_bytes,
     destination_memory_bytes,
@@ -455,7 +456,9 @@ def _not_default(kind, default):
     if isinstance(kind, Flag):
         return not default
     if isinstance(kind, Rate):
-        return default * 2
+        return default * 2 if default else 1 << 20
+    if isinstance(kind, Text):
+        return next(c for c in ("qemu-7.2-tcg", "none") if c != default)
     if isinstance(kind, Time):
         return default + 1_000_000 if kind.high is None or default < kind.high else default - 1
     return default + 1 if default < kind.high else default - 1  # Integer

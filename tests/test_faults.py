@@ -356,7 +356,9 @@ def test_sigint_cancels_run(tmp_path, whom):
     proc.stderr.close()
     assert "Traceback" not in stderr and "report written to" in stderr
     report = load_json(out)
-    assert report["status"] == "cancelled" and report["error"] == "cancelled by the user"
+    # Caught in the guest's stretch or between batches: the why may say where it stopped.
+    assert report["status"] == "cancelled"
+    assert report["error"].startswith("cancelled by the user"), report["error"]
     assert report["guest"]["running"] is True
     assert len(report["rounds"]) >= 1
     wait_until(lambda: not is_alive(dests[0]), 5, "the destination child to exit")

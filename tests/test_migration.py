@@ -36,17 +36,25 @@ def test_default_run_completes_and_verifies(tmp_path):
         passes
     )
     assert "verified         yes" in proc.stdout
-    # QEMU's rule: switch over only once the remaining bytes fit the downtime limit.
+    # QEMU's rule: complete once the pending bytes after a sync are below threshold_size
+    # (bandwidth x downtime-limit); that sync ends the last precopy interval at once.
     last = passes[-1]
-    assert last["expected-downtime"] <= 300.0 and report["switchover"] == "switchover"
-    # Precopy is held to max-bandwidth (128 MiB/s); the stop-and-copy is not, as in QEMU
-    # (migration_rate_set(RATE_LIMIT_DISABLED)): it runs at the 10 Gbit/s link's speed.
+    assert report["switchover"] == "switchover"
+    assert last["dirty-pages"] * 4096 < last["threshold-size"] and last["pages-sent"] == 0
+    assert all(r["dirty-pages"] * 4096 >= r["threshold-size"] for r in passes[:-1])
+    # Precopy is held to max-bandwidth (128 MiB/s) window by window: no interval beats it
+    # by more than one window's overshoot, and the long first one is at it. The
+    # stop-and-copy is not held, as in QEMU (migration_rate_set(RATE_LIMIT_DISABLED)):
+    # it runs at the 10 Gbit/s link's speed.
     mib_s = 1 << 20
-    assert all(r["bandwidth"] == pytest.approx(128 * mib_s, rel=0.01) for r in passes)
+    assert passes[0]["bandwidth"] == pytest.approx(128 * mib_s, rel=0.01)
+    assert all(r["bandwidth"] <= 128 * mib_s * 1.01 for r in passes)
     stop = report["rounds"][-1]
     assert stop["phase"] == "stop-and-copy" and stop["bandwidth"] > 8 * 128 * mib_s
     assert report["downtime"] < last["expected-downtime"] / 5
-    assert report["ram"]["dirty-sync-count"] == len(report["rounds"]) + 1  # + setup sync
+    # Each record begins at a sync, the first at the setup's; the last ends at the final.
+    assert report["ram"]["dirty-sync-count"] == len(report["rounds"])
+    assert [r["round"] for r in report["rounds"]] == list(range(1, len(report["rounds"]) + 1))
     assert Report.from_dict(report).to_dict() == report
     assert_setup_and_rounds_add_up(report)
 
@@ -158,8 +166,11 @@ def test_non_converging_workload(tmp_path, policy, status, code):
     report = load_json(out)
     assert report["status"] == status
     passes = [r for r in report["rounds"] if r["phase"] == "precopy"]
-    assert len(passes) == 4
-    assert all(r["expected-downtime"] > 300 for r in passes)
+    # Four syncs after setup, then the policy; forced, the interval from the fourth sync
+    # ends at the completion's sync.
+    assert report["ram"]["dirty-sync-count"] == 5 + (policy == "force")
+    assert len(passes) == (5 if policy == "force" else 4)
+    assert all(r["dirty-pages"] * 4096 >= r["threshold-size"] for r in passes[:4])
     assert report["switchover"] == policy
     if policy == "force":
         assert report["verified"] is True
@@ -224,7 +235,9 @@ WORKLOADS = {
     "hotspot": [],
     "zipf": ["guest.workload.exponent=1.1"],
     "sequential": ["guest.workload.rate=2000"],
-    "vga": ["guest.vga=true", "guest.vga-memory=4MiB"],
+    # Zero pages cost 9 bytes: at 64 MiB/s this guest (3 MiB non-zero) would go in one
+    # 100 ms window's budget, before the first frame; 1 MiB/s gives it ~3 s of frames.
+    "vga": ["guest.vga=true", "guest.vga-memory=4MiB", "migration.max-bandwidth=1MiB/s"],
     "phases": ['guest.workload.phases=[{kind="uniform", rate=2000, duration="300ms"},'
                ' {kind="sequential", rate=4000, duration="200ms"}]'],
     "mix": ["guest.vga=true", "guest.vga-memory=4MiB",
@@ -263,7 +276,7 @@ def test_auto_converge_makes_a_hopeless_workload_converge(tmp_path):
         "run", str(SMALL), "--quiet", "--json", str(out),
         "--set", "guest.workload.kind=uniform", "--set", "guest.workload.rate=40000",
         "--set", "guest.workload.working-set=16MiB", "--set", "migration.max-bandwidth=16MiB/s",
-        "--set", "migration.auto-converge=true",
+        "--set", "migration.auto-converge=true", "--set", "migration.max-iterations=100",
     )
     assert proc.returncode == 0, proc.stderr
     report = load_json(out)
@@ -271,6 +284,7 @@ def test_auto_converge_makes_a_hopeless_workload_converge(tmp_path):
     throttles = [r["cpu-throttle-percentage"] for r in report["rounds"]]
     assert throttles == sorted(throttles) and throttles[0] == 0 and throttles[-1] >= 20
     assert report["cpu-throttle-percentage"] == throttles[-1]
+    assert report["max-cpu-throttle-percentage"] == max(throttles)
     # Throttled vCPUs write less: the last pass's dirty set is well below the working set.
     assert report["rounds"][-1]["dirty-pages"] < 0.5 * 4096
 
@@ -302,4 +316,5 @@ def test_a_pass_that_outlasts_max_time_is_cut_short(tmp_path):
     report = load_json(out)
     assert report["status"] == "cancelled" and "max-time" in report["error"]
     assert report["guest"]["running"] is True
-    assert report["total-time"] > 2 * 5000  # cancelled past twice max-time, not "0.0 ms"
+    assert report["total-time"] > 5000  # cancelled at max-time, not "0.0 ms"
+    assert report["switchover"] == "force"  # the policy's word; the pause it would take is not

@@ -193,8 +193,9 @@ async def _migrate(url: str, **kwargs) -> Report:
 async def test_the_engine_samples_every_pass_with_pages_sent_rising(dest_url):
     seen: list[PassProgress] = []
     report = await _migrate(dest_url, pass_progress=seen.append, pass_progress_every_s=0.0)
-    rounds = {r.pass_no: r for r in report.rounds}
-    assert len(rounds) >= 3 and {p.pass_no for p in seen} == set(rounds)
+    # An interval that sent nothing (a sync right before the completion's) has no batch.
+    rounds = {r.pass_no: r for r in report.rounds if r.pages_sent}
+    assert len(rounds) >= 2 and {p.pass_no for p in seen} == set(rounds)
     batch = load_scenario(SMALL).migration.batch_pages
     for pass_no, record in rounds.items():
         samples = [p for p in seen if p.pass_no == pass_no]
@@ -202,12 +203,13 @@ async def test_the_engine_samples_every_pass_with_pages_sent_rising(dest_url):
                    for p in samples)
         sent = [p.pages_sent for p in samples]
         assert sent[0] == 0 and sent == sorted(sent) and sent[-1] < record.pages_sent
-        assert len(samples) == -(-record.pages_sent // batch)  # every batch, at 0 s
+        # every batch, at 0 s; the rate budget may cut a batch short
+        assert len(samples) >= -(-record.pages_sent // batch)
         assert [p.virtual_ns for p in samples] == sorted(p.virtual_ns for p in samples)
         assert samples[-1].virtual_ns <= record.duration_ms * 1e6
-    precopy = [p for p in seen if p.phase == "precopy"]
-    assert max(p.dirty_pages for p in precopy) > 0  # the guest dirties pages as the pass goes
-    assert all(p.dirty_pages == 0 for p in seen if p.phase == "stop-and-copy")  # paused
+    # The pages still to send: falling as the stop-and-copy sends them, the guest paused.
+    stop = [p.dirty_pages for p in seen if p.phase == "stop-and-copy"]
+    assert stop and stop == sorted(stop, reverse=True) and stop[0] > stop[-1]
 
 
 async def test_sampling_changes_nothing_in_the_report(dest_url):

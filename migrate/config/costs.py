@@ -76,3 +76,76 @@ def _cost_table(data: dict[str, Any], where: str, default_name: str) -> CostTabl
         return CostTable.from_dict(values)
     except SpecError as exc:
         raise error(f"{where}: {exc}") from None
+
+
+# --- QEMU's own costs ----------------------------------------------------------------
+
+QEMU_COSTS_DIR = COSTS_DIR / "qemu"
+MAX_QEMU_PER_CALL_NS = 1e9  # a sync or a setup: QEMU 7.2 under TCG takes ~0.15-0.4 s
+MAX_QEMU_PER_PAGE_NS = 100_000.0  # 10x the reference host's dearest per-page cost
+
+
+@dataclasses.dataclass(frozen=True)
+class QemuCosts:
+    """What QEMU's own code costs (migration.costs), as `CostTable` is KVM's.
+
+    All zero (`none`) is an ideal QEMU: only KVM's work and the link take time.
+    A host's table is measured, each constant saying how (configs/costs/qemu/).
+    """
+
+    name: str = "none"
+    # Setup beyond KVM's enabling of dirty logging (ram_init_bitmaps: bitmaps, the setup
+    # sync's userspace part, the first MIGRATION_PASS).
+    setup_ns: float = 0.0
+    # The userspace part of a bitmap sync while the guest runs: fixed, per GiB of RAM,
+    # and per page the sync finds newly dirty.
+    sync_ns: float = 0.0
+    sync_gib_ns: float = 0.0
+    sync_page_ns: float = 0.0
+    # The migration thread's time per page it sends while the guest runs (normal, zero),
+    # and per page of the completion, with the guest stopped.
+    page_ns: float = 0.0
+    zero_page_ns: float = 0.0
+    stopped_page_ns: float = 0.0
+
+    def ceiling_ns(self, name: str) -> float:
+        return MAX_QEMU_PER_CALL_NS if name in ("setup_ns", "sync_ns", "sync_gib_ns") \
+            else MAX_QEMU_PER_PAGE_NS
+
+
+QEMU_COST_NAMES = tuple(f.name for f in dataclasses.fields(QemuCosts) if f.name != "name")
+
+
+def qemu_costs_from_toml(value: str) -> QemuCosts:
+    """Return the table named by migration.costs: `none`, a name in configs/costs/qemu/, a path.
+
+    Raise `ConfigError` naming migration.costs (and the file) for a table that does
+    not exist or cannot be read, or a constant that is unknown, not a number, or out
+    of bounds.
+    """
+    if value == "none":
+        return QemuCosts()
+    path = Path(value)
+    if "/" not in value and path.suffix != ".toml":
+        path = QEMU_COSTS_DIR / f"{value}.toml"
+        if not path.is_file():
+            have = ", ".join(["none", *sorted(p.stem for p in QEMU_COSTS_DIR.glob("*.toml"))])
+            raise error(f"migration.costs: {value!r} is not a table in {QEMU_COSTS_DIR} "
+                        f"(have: {have})")
+    data = read_toml(path, "migration.costs")
+    where = f"migration.costs: {path}"
+    values: dict[str, Any] = {"name": path.stem}
+    for name, number in data.items():
+        if name == "name":
+            if not isinstance(number, str):
+                raise error(f"{where}: name {number!r} is not a string")
+            values[name] = number
+            continue
+        if name not in QEMU_COST_NAMES:
+            raise error(f"{where}: {name} is not a QEMU cost (known: {', '.join(QEMU_COST_NAMES)})")
+        ceiling = QemuCosts().ceiling_ns(name)
+        if isinstance(number, bool) or not isinstance(number, int | float) \
+                or not 0 <= number <= ceiling:
+            raise error(f"{where}: {name} = {number!r} is not a number of ns in 0..{ceiling:,.0f}")
+        values[name] = float(number)
+    return QemuCosts(**values)

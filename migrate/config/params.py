@@ -9,9 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from migrate import wire
-from migrate.config.schema import Choice, Flag, Integer, Params, Rate, Time, key
+from migrate.config.schema import Choice, Flag, Integer, Params, Rate, Text, Time, key
 
 NO_CONVERGENCE_POLICIES = ("force", "cancel")
+# The QEMU releases whose precopy loop the engine runs (see migrate/source/loop.py):
+# 7.2 syncs in ram_save_pending, 8.0+ in pending_exact, 9.2+ adds the periodic sync
+# under auto-converge, 10.2 completes when pending is at most (not below) the threshold.
+QEMU_VERSIONS = ("7.2", "9.2", "10.2")
 COMPRESSIONS = ("none", "lz4")
 MAX_BATCH_PAGES = 4096
 # Floors and ceilings that keep a run finite: the model advances in slices and sends in
@@ -31,17 +35,29 @@ class MigrationParams(Params):
 
     downtime_limit_ns: int = key(
         "downtime-limit", Time(), 300_000_000,
-        "switch over once the remaining dirty memory can be sent in this long (QEMU's default)")
+        "complete once the dirty memory still to send is below the measured bandwidth x this "
+        "(QEMU's `threshold_size`; QEMU's default)")
     max_bandwidth_bps: float = key(
         "max-bandwidth", Rate(MIN_BANDWIDTH_BPS), 128.0 * 1024 * 1024,
         "the migration's rate limit (QEMU's default)")
+    qemu_version: str = key(
+        "qemu-version", Choice(QEMU_VERSIONS), QEMU_VERSIONS[-1],
+        "the QEMU release whose precopy loop runs: `7.2`, `9.2` or `10.2` (see "
+        "[QEMU's loop](#qemus-loop))")
+    avail_switchover_bandwidth_bps: float = key(
+        "avail-switchover-bandwidth", Rate(0.0), 0.0,
+        "QEMU 9.2+: the bandwidth `threshold_size` assumes in place of the measured one "
+        "(`0`: measured)")
+    costs: str = key(
+        "costs", Text(), "none",
+        "QEMU's own costs: a table in `configs/costs/qemu/` (`qemu-7.2-tcg`, the reference "
+        "host) or a path; `none`: not modeled")
     max_iterations: int = key(
         "max-iterations", Integer(1, MAX_ITERATIONS), 30,
-        "passes before `on-no-convergence` applies")
+        "dirty-bitmap syncs after setup (QEMU's passes) before `on-no-convergence` applies")
     max_time_ns: int = key(
         "max-time", Time(), 120_000_000_000,
-        "migration time before `on-no-convergence` applies; a single pass still sending at "
-        "twice this is cancelled (the guest stays at the source)")
+        "migration time before `on-no-convergence` applies")
     on_no_convergence: str = key(
         "on-no-convergence", Choice(NO_CONVERGENCE_POLICIES), "force",
         "`force`: switch over anyway; `cancel`: give up, the guest keeps running on the source")
@@ -74,6 +90,10 @@ class MigrationParams(Params):
     cpu_throttle_max: int = key(
         "cpu-throttle-max", _PERCENT, 99,
         "auto-converge: the most it takes, % (QEMU's default)")
+    cpu_throttle_tailslow: bool = key(
+        "cpu-throttle-tailslow", Flag(), False,
+        "auto-converge: past the first step, take only what should bring the dirty rate to "
+        "the threshold, at most the increment (QEMU's default: off)")
 
 
 @dataclass(frozen=True)

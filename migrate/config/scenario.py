@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migrate.config.costs import CONFIGS_DIR
+from migrate.config.costs import CONFIGS_DIR, QemuCosts, qemu_costs_from_toml
 from migrate.config.host import available_memory_bytes, check_host_memory
 from migrate.config.params import LinkParams, MigrationParams
 from migrate.config.reader import Table, error, read_toml
@@ -34,6 +34,7 @@ class Scenario:
     costs: CostTable
     migration: MigrationParams
     link: LinkParams
+    qemu_costs: QemuCosts = QemuCosts()  # read from migration.costs
 
     def to_dict(self) -> dict[str, Any]:
         """Return the scenario in the TOML spelling; `scenario_from_dict` reads it back."""
@@ -51,7 +52,8 @@ class Scenario:
         return scenario_from_dict(data)
 
 
-_TOP_KEYS = tuple(f for f in Scenario.__dataclass_fields__ if f != "costs")  # costs: in [mmu]
+# costs: in [mmu]; qemu_costs: migration.costs
+_TOP_KEYS = tuple(f for f in Scenario.__dataclass_fields__ if f not in ("costs", "qemu_costs"))
 
 
 def _scenario_from_toml(data: dict[str, Any]) -> Scenario:
@@ -62,14 +64,16 @@ def _scenario_from_toml(data: dict[str, Any]) -> Scenario:
     clock = t.choice("clock", CLOCKS)
     guest = guest_from_toml(t.raw("guest"))
     mmu, costs = mmu_from_toml(t.raw("mmu"), guest.memory_pages)
+    migration = MigrationParams.from_dict(t.raw("migration"))
     return Scenario(
         seed=seed,
         clock=clock,
         guest=guest,
         mmu=mmu,
         costs=costs,
-        migration=MigrationParams.from_dict(t.raw("migration")),
+        migration=migration,
         link=LinkParams.from_dict(t.raw("link")),
+        qemu_costs=qemu_costs_from_toml(migration.costs),
     )
 
 
@@ -148,6 +152,10 @@ def load_scenario(path: str | Path | None, overrides: Sequence[str] = ()) -> Sce
         costs = mmu.get("costs") if isinstance(mmu, dict) else None
         if isinstance(costs, str) and ("/" in costs or costs.endswith(".toml")):
             mmu["costs"] = str(path.parent / costs)  # an absolute path stays as it is
+        migration = data.get("migration")
+        costs = migration.get("costs") if isinstance(migration, dict) else None
+        if isinstance(costs, str) and ("/" in costs or costs.endswith(".toml")):
+            migration["costs"] = str(path.parent / costs)
     scenario = scenario_from_dict(data, overrides)
     reason = check_host_memory(scenario.guest, scenario.mmu, available_memory_bytes())
     if reason:

@@ -83,6 +83,17 @@ class Choice(Kind):
 
 
 @dataclass(frozen=True)
+class Text(Kind):
+    """A non-empty string (a name or a path, checked where it is used)."""
+
+    def read(self, t: Table, name: str, default: Any) -> str:
+        value = t.raw(name, default)
+        if not isinstance(value, str) or not value:
+            raise t.bad(name, value, "is not a non-empty string")
+        return value
+
+
+@dataclass(frozen=True)
 class Time(Kind):
     """A duration in ns, written "300ms"; positive unless *low* is 0, at most *high*."""
 

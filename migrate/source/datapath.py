@@ -37,9 +37,11 @@ from migrate import wire
 from migrate.source.channel import PageChannel
 from migrate.source.client import DestinationClient, DestinationError
 from migrate.source.link import Link
+from migrate.config.costs import QemuCosts
 from vmmodel import CostTable, GuestMemory
 
 DEFAULT_COSTS = CostTable()
+NO_QEMU_COSTS = QemuCosts()
 
 YIELD_EVERY_BATCHES = 64  # let other tasks (channels, a cancel) run at least this often
 
@@ -68,9 +70,16 @@ class PassTraffic:
 
 
 async def _account(link: Link, frame: wire.PagesFrame, *, compress: bool,
-                   channels: int, costs: CostTable) -> None:
-    """Let the batch's time pass on the link's clock (see the module docstring)."""
+                   channels: int, costs: CostTable, qemu_ns: float = 0.0) -> None:
+    """Let the batch's time pass on the link's clock (see the module docstring).
+
+    `qemu_ns`: the migration thread's modeled time for the batch (QEMU's cost table),
+    a stage of the same pipeline; modeled, so it passes on any clock.
+    """
     link_ns = await link.transfer(frame.nbytes)
+    if qemu_ns > link_ns:
+        await link.clock.elapse(qemu_ns - link_ns)
+        link_ns = qemu_ns
     if compress and frame.n_normal:
         per_page = costs.lz4_page_shrunk_ns if frame.compressed else costs.lz4_page_raw_ns
         cpu_ns = frame.n_normal * per_page / channels
@@ -179,3 +188,86 @@ async def _gather_or_cancel(tasks: list[asyncio.Future]) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+class PassSender:
+    """One pass sent a batch at a time, as QEMU's migration thread sends between syncs.
+
+    The engine decides each batch (how many pages the rate limit and MAX_WAIT
+    leave it); the sender reads it from guest memory, lets its time pass and
+    hands it to the pass's channels in turn, opening them at the first batch.
+    A pass that sent nothing puts nothing on the wire.
+    """
+
+    def __init__(self, client: DestinationClient, migration_id: str, pass_no: int, *,
+                 memory: np.ndarray | GuestMemory, link: Link, channels: int = 1,
+                 compress: bool = False, costs: CostTable = DEFAULT_COSTS,
+                 qemu: QemuCosts = NO_QEMU_COSTS) -> None:
+        self.client = client
+        self.pass_no = pass_no
+        self.memory = memory
+        self.link = link
+        self.channels = channels
+        self.compress = compress
+        self.costs = costs
+        self.qemu = qemu
+        self.path = f"/migrations/{migration_id}/pass/{pass_no}"
+        self.traffic = PassTraffic()
+        self._opened: list[PageChannel] = []
+        self._sent: list[int] = []
+        self._batches = 0
+
+    async def send(self, gfns: np.ndarray, *, guest_stopped: bool = False) -> wire.PagesFrame:
+        """Read, time and send one batch; return its frame (its bytes, its page kinds)."""
+        if not self._opened:
+            self._opened = await _open_channels(self.client, self.path, self.channels)
+            self._sent = [0] * len(self._opened)
+        frame = _encode(self.pass_no, self.memory, gfns, self.compress)
+        started = self.link.clock.now_ns
+        await _account(self.link, frame, compress=self.compress, channels=len(self._opened),
+                       costs=self.costs, qemu_ns=qemu_send_ns(self.qemu, frame, guest_stopped))
+        self.traffic.send_ns += self.link.clock.now_ns - started
+        self.traffic.add(frame)
+        index = self._batches % len(self._opened)
+        self._sent[index] += frame.n_pages
+        self._batches += 1
+        await self._opened[index].send(frame.parts)
+        if not self._batches % YIELD_EVERY_BATCHES:
+            await asyncio.sleep(0)
+        return frame
+
+    async def finish(self) -> PassTraffic:
+        """END_OF_PASS on every channel; return the pass's traffic once all are answered.
+
+        Raise `DestinationError` if a channel fails or the destination stored another
+        number of pages than its channel sent.
+        """
+        try:
+            await _gather_or_cancel([asyncio.ensure_future(self._end(i)) for i in
+                                     range(len(self._opened))])
+        finally:
+            self.close()
+        await self.link.drain()
+        self.traffic.channels = len(self._opened)
+        return self.traffic
+
+    async def _end(self, index: int) -> None:
+        sent = self._sent[index]
+        end = wire.encode_control(wire.MsgType.END_OF_PASS, self.pass_no,
+                                  {"pages": sent, "channel": index,
+                                   "channels": len(self._opened)})
+        answer = await self._opened[index].finish(end)
+        if answer.get("pages") != sent:
+            raise DestinationError(f"pass {self.pass_no}, channel {index}: the destination "
+                                   f"stored {answer.get('pages')} pages, {sent} were sent")
+
+    def close(self) -> None:
+        for channel in self._opened:
+            channel.close()
+
+
+def qemu_send_ns(qemu: QemuCosts, frame: wire.PagesFrame, guest_stopped: bool) -> float:
+    """The migration thread's own time for a batch (QEMU's cost table)."""
+    if guest_stopped:
+        return frame.n_pages * qemu.stopped_page_ns
+    return frame.n_normal * qemu.page_ns + frame.n_zero * qemu.zero_page_ns

@@ -1,9 +1,15 @@
-"""The source: QEMU's iterative precopy, driving the guest model and a destination.
+"""The source: QEMU's precopy migration thread, driving the guest model and a destination.
 
-setup -> iterate (send a pass, sync, decide) -> stop-and-copy -> verify.
-Between batches the guest runs up to the clock's now, so every page is read
-at the time it is sent. On any failure or cancel the guest resumes at the
-source with its memory untouched (the source never writes guest memory).
+setup (dirty logging on, the setup sync) -> the loop of `migration_thread` as
+the configured QEMU release runs it (`migration.qemu-version`): each pass
+looks at what is pending, syncs the bitmap when it is below `threshold_size`,
+completes when it fits, else sends until the window's rate budget is spent
+or 50 ms have passed, then sleeps out the window -> completion (the guest
+stopped, a last sync, the rest sent unthrottled) -> verify.
+
+Before every batch the guest runs up to the clock's now, so every page is
+read at the time it is sent. On any failure or cancel the guest resumes at
+the source with its memory untouched (the source never writes guest memory).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -20,13 +26,24 @@ from migrate import wire
 from migrate.config import Scenario
 from migrate.digest import memory_digests
 from migrate.errors import ProtocolError
-from migrate.report import GuestCost, GuestTotals, Report, RoundRecord, SetupRecord
+from migrate.report import GuestCost, GuestTotals, Report, RoundRecord, Sample, SetupRecord
 from migrate.source import datapath
 from migrate.source.client import DestinationClient, DestinationError
+from migrate.source.bitmap import MigrationBitmap
 from migrate.source.clock import NS_PER_S, make_clock
+from migrate.source.counters import MigrationCounters
 from migrate.source.datapath import PassTraffic
 from migrate.source.link import Link
-from migrate.source.policy import AutoConverge, Decision, PassFigures, decide
+from migrate.source.policy import (
+    DIRTY_SYNC_TIMESLICE_NS,
+    PERIOD_NS,
+    AutoConverge,
+    Decision,
+    can_complete,
+    give_up,
+    has_periodic_sync,
+    should_sync,
+)
 from migrate.source.progress import EVERY_S, PassMeter, PassProgress
 from vmmodel import PAGE_SIZE, GuestInterrupted, GuestStats, HarvestResult, Vm
 
@@ -37,6 +54,23 @@ DEVICE_STATE_PER_VCPU = 4096  # registers, LAPIC, MSRs: a few KiB per vCPU in QE
 
 class MigrationCancelled(Exception):
     """Cancelled by the user or by the on-no-convergence policy; the guest stays here."""
+
+
+MAX_WAIT_NS = 50_000_000  # ram_save_iterate: #define MAX_WAIT 50 (ms)
+MAX_WAIT_EVERY_PAGES = 64  # ...checked every 64 pages (`(i & 63) == 0`)
+POLL_NS = 100_000_000  # the samples: query-migrate every 100 ms, as the reference harness polls
+PAGE_WIRE_OVERHEAD = 9  # a PAGES batch's per-page gfn (8 bytes) and kind (1 byte), wire.py
+
+
+@dataclass
+class Interval:
+    """The stretch between two bitmap syncs: one wire pass, one RoundRecord."""
+
+    pass_no: int
+    start_ns: float
+    dirty_pages: int
+    before: GuestStats
+    sender: datapath.PassSender
 
 
 class Source:
@@ -50,26 +84,41 @@ class Source:
         self.scenario = scenario
         self.client = client
         self.progress = progress
+        m = scenario.migration
+        self.version = m.qemu_version
         self.vm = Vm(scenario.guest, scenario.mmu, scenario.costs, scenario.seed)
-        # Samples within a pass, between batches (`progress` has each pass once it ended).
+        self.bitmap = MigrationBitmap(self.vm.npages)
+        # Samples within an interval, between batches (`progress` has each once it ended).
         self.meter = None if pass_progress is None else PassMeter(
-            pass_progress, dirty=self.vm.dirty_pages_pending, every_s=pass_progress_every_s)
+            pass_progress, dirty=lambda: self.bitmap.dirty_pages, every_s=pass_progress_every_s)
         if should_stop is not None:
             self.vm.should_stop = should_stop  # Ctrl-C reaches into a long guest stretch
-        self.bandwidth_bps = min(scenario.link.bandwidth_bps, scenario.migration.max_bandwidth_bps)
         self.clock = make_clock(scenario.clock)
-        self.link = Link(self.clock, self.bandwidth_bps)
-        self.report = Report(seed=scenario.seed, clock=scenario.clock, config=scenario.to_dict())
+        self.link = Link(self.clock, scenario.link.bandwidth_bps)
+        self.counters = MigrationCounters(m.downtime_limit_ns, m.max_bandwidth_bps,
+                                          m.avail_switchover_bandwidth_bps)
+        self.report = Report(seed=scenario.seed, clock=scenario.clock, config=scenario.to_dict(),
+                             qemu_version=self.version)
         self.ram = self.report.ram
         self.ram.total = self.vm.npages * PAGE_SIZE
         self.migration_id: str | None = None
+        self.status = "setup"
         self._lz4_raw_bytes = 0  # NORMAL-page bytes that lz4 shrank, before lz4
-        self._last_sync_ns = 0.0
         self._verify_wall_ns = 0.0
-        m = scenario.migration
+        self._pages_sent = 0
+        self._interval: Interval | None = None
+        # migration_bitmap_sync's period: since the last check (more than a second ago).
+        self._time_last_bitmap_sync = 0.0
+        self._num_dirty_pages_period = 0
+        self._bytes_xfer_prev = 0
+        self._remaining_at_sync = 0  # ram_counters.remaining: dirty bytes after the last sync
+        self._next_poll_ns = 0.0
+        self._periodic_next_ns = float("inf")  # 9.2+: the auto-converge sync timer
+        self._periodic_count_prev = 0
         self.auto_converge = AutoConverge(
             threshold_pct=m.throttle_trigger_threshold, initial_pct=m.cpu_throttle_initial,
             increment_pct=m.cpu_throttle_increment, maximum_pct=m.cpu_throttle_max,
+            tailslow=m.cpu_throttle_tailslow,
         ) if m.auto_converge else None
 
     # ------------------------------------------------------------------ run
@@ -78,22 +127,17 @@ class Source:
         """Migrate; always return a report (failures and cancels included)."""
         wall_start = time.perf_counter()
         try:
-            pending = await self.setup()
-            pass_no = 1
-            while True:
-                pending, figures = await self.iterate(pass_no, pending)
-                decision = decide(figures, **self._policy())
-                self.report.switchover = decision.value
-                if decision is Decision.CANCEL:
-                    raise MigrationCancelled(
-                        f"no convergence after {pass_no} passes (on-no-convergence = cancel)"
-                    )
-                if decision is not Decision.CONTINUE:
-                    if decision is Decision.FORCE:
-                        log.info("no convergence after %d passes: forcing switchover", pass_no)
-                    break
-                pass_no += 1
-            await self.stop_and_copy(pass_no + 1, pending)
+            await self.setup()
+            decision = await self.iterate()
+            self.report.switchover = decision.value
+            if decision is Decision.CANCEL:
+                raise MigrationCancelled(
+                    f"no convergence after {self.ram.dirty_sync_count - 1} syncs and "
+                    f"{self._migration_ns() / NS_PER_S:.1f} s (on-no-convergence = cancel)")
+            if decision is Decision.FORCE:
+                self._check_forced_downtime()
+                log.info("no convergence: forcing switchover")
+            await self.complete()
         except (MigrationCancelled, GuestInterrupted, asyncio.CancelledError) as err:
             why = str(err) or "cancelled by the user"
             if isinstance(err, GuestInterrupted):
@@ -106,21 +150,32 @@ class Source:
             await self._abort("failed", f"internal error: {err!r}")
         self.report.wall_time_s = time.perf_counter() - wall_start
         self.report.guest = self._guest_totals()
+        self.report.complete_rounds = self.bitmap.complete_rounds
         return self.report
 
-    def _policy(self) -> dict:
-        m = self.scenario.migration
-        return {"downtime_limit_ns": m.downtime_limit_ns, "max_iterations": m.max_iterations,
-                "max_time_ns": m.max_time_ns, "on_no_convergence": m.on_no_convergence}
+    def _check_forced_downtime(self) -> None:
+        """Refuse a forced switchover whose stop-and-copy alone would outlast max-time (a
+        link far too slow for the guest): the guest would stay paused for that long."""
+        pending = self.bitmap.remaining_bytes(PAGE_SIZE)
+        pause_ns = pending * NS_PER_S / self.link.bandwidth_bps
+        if pause_ns > self.scenario.migration.max_time_ns:
+            raise MigrationCancelled(
+                f"no convergence by max-time, and a forced switchover would pause the guest "
+                f"for ~{pause_ns / NS_PER_S:,.0f} s to send the {pending / (1 << 20):,.1f} MiB "
+                f"still dirty, more than max-time")
 
     async def _abort(self, status: str, why: str) -> None:
         """Leave the guest running here, intact, and tell the destination to discard."""
+        if self._interval is not None:
+            self._interval.sender.close()
         self._resume_here()
         self.report.status = status
         self.report.error = why
         # QEMU's total-time of a migration that did not complete: until it ended.
         self.report.total_time_ms = self._migration_ns() / NS_PER_MS
-        self.ram.remaining = self.vm.dirty_pages_pending() * PAGE_SIZE
+        self.ram.remaining = self.bitmap.remaining_bytes(PAGE_SIZE)
+        self.status = status
+        self._sample(self.clock.now_ns, force=True)
         log.warning("migration %s: %s", status, why)
         if self.migration_id is not None:
             try:
@@ -139,25 +194,33 @@ class Source:
         self.vm.resume()
         self.vm.set_throttle(0.0)
 
-    # ------------------------------------------------------------------ steps
+    # ------------------------------------------------------------------ setup
 
-    async def setup(self) -> np.ndarray:
-        """Touch the working set, say hello, enable dirty logging; return the first pass's gfns."""
+    async def setup(self) -> None:
+        """Touch the working set, say hello, enable dirty logging, the setup sync."""
         self.vm.prefill()
         before = GuestStats(**asdict(self.vm.stats))  # the setup's share starts here
         self.clock = make_clock(self.scenario.clock)  # time starts now
-        self.link = Link(self.clock, self.bandwidth_bps)
+        self.link = Link(self.clock, self.scenario.link.bandwidth_bps)
         start = self.clock.now_ns
+        self._sample(start)
         self.migration_id = await self.client.hello(self._hello())
         await self.clock.elapse(2 * self.scenario.link.latency_ns)
         enable = self.vm.enable_dirty_logging()  # the guest runs meanwhile, and faults
         await self.clock.elapse(enable.kernel_ns)
+        # ram_init_bitmaps: every page dirty in the migration bitmap, then the setup sync
+        # (counted: dirty-sync-count 1). QEMU's userspace part is the table's setup_ns.
+        self.vm.advance_to(self.clock.now_ns)
+        harvest = self.vm.sync_dirty_log()
+        self.bitmap.sync(harvest.gfns)
+        await self.clock.elapse(harvest.kernel_ns + self.scenario.qemu_costs.setup_ns)
+        self.ram.dirty_sync_count = 1
+        self._time_last_bitmap_sync = self.clock.now_ns
+        self._remaining_at_sync = self.bitmap.remaining_bytes(PAGE_SIZE)
         self.report.setup = SetupRecord(**self._guest_cost(before),
                                         harvest=_without_gfns(enable))
-        self.ram.dirty_sync_count = 1  # QEMU counts the setup sync
-        self._last_sync_ns = self.clock.now_ns
         self.report.setup_time_ms = (self.clock.now_ns - start) / NS_PER_MS
-        return np.arange(self.vm.npages, dtype=np.int64)  # the first pass: every page
+        self.status = "active"
 
     def _hello(self) -> dict:
         return {
@@ -168,66 +231,246 @@ class Source:
             "vcpus": self.scenario.guest.vcpus,
         }
 
-    async def iterate(self, pass_no: int, pending: np.ndarray) -> tuple[np.ndarray, PassFigures]:
-        """Send one pass, then sync; return the next pass's gfns and the figures to decide on."""
-        start = self.clock.now_ns
-        before = GuestStats(**asdict(self.vm.stats))
-        traffic = await self.send_pages(pass_no, pending)
-        self.ram.precopy_bytes += traffic.bytes
-        harvest = await self.sync()
+    # ------------------------------------------------------------------ the loop
+
+    async def iterate(self) -> Decision:
+        """migration_thread's loop until it completes or precopy's own policy gives up."""
+        m = self.scenario.migration
+        c = self.counters
+        c.start(self.clock.now_ns, self.ram.transferred, self._pages_sent)
+        if self.auto_converge is not None and has_periodic_sync(self.version):
+            self._periodic_next_ns = self.clock.now_ns + DIRTY_SYNC_TIMESLICE_NS
+        self._begin_interval()
+        while True:
+            await self._periodic_sync()
+            if not c.rate_limited():
+                # migration_iteration_run
+                pending = self.bitmap.remaining_bytes(PAGE_SIZE)
+                if should_sync(pending, c.threshold_size):
+                    await self.sync()
+                    pending = self.bitmap.remaining_bytes(PAGE_SIZE)
+                if can_complete(self.version, pending, c.threshold_size):
+                    return Decision.SWITCHOVER
+                decision = give_up(
+                    syncs_after_setup=self.ram.dirty_sync_count - 1,
+                    elapsed_ns=self._migration_ns(), max_iterations=m.max_iterations,
+                    max_time_ns=m.max_time_ns, on_no_convergence=m.on_no_convergence)
+                if decision is not Decision.CONTINUE:
+                    return decision
+                await self.ram_save_iterate()
+            await self.rate_limit()
+
+    async def rate_limit(self) -> None:
+        """migration_rate_limit(): close the window if it is over; if its budget is spent,
+        sleep out the window."""
         now = self.clock.now_ns
-        # QEMU's dirty-pages-rate: distinct pages dirtied between two syncs, per second.
-        self.ram.dirty_pages_rate = len(harvest.gfns) * NS_PER_S / max(now - self._last_sync_ns, 1)
-        self._last_sync_ns = now
-        bandwidth = _bandwidth_bps(traffic)
-        remaining = len(harvest.gfns) * PAGE_SIZE
-        expected = remaining * NS_PER_S / bandwidth if bandwidth else float("inf")
-        self.report.expected_downtime_ms = expected / NS_PER_MS
-        self.ram.mbps = bandwidth * 8 / 1e6
-        self.ram.pages_per_second = traffic.pages * NS_PER_S / max(now - start, 1.0)
-        self.ram.remaining = remaining
-        self._record(pass_no, "precopy", start, now, pending, traffic, harvest, before,
-                     bandwidth, expected)
-        if self.auto_converge is not None:
-            pct = self.auto_converge.after_sync(now, traffic.bytes, remaining)
-            self.vm.set_throttle(pct / 100)  # the vCPUs run (100 - pct) % of the time from now
-            self.report.cpu_throttle_percentage = pct
-        figures = PassFigures(pass_no, remaining, bandwidth, now)
-        return harvest.gfns, figures
+        self._update_counters(now)
+        if self.counters.rate_limited():
+            wait = self.counters.window_end_ns() - now
+            if wait > 0:
+                await self.clock.elapse(wait)
+        self._sample(self.clock.now_ns)
+
+    def _update_counters(self, now: float) -> None:
+        self.counters.update(now, self.ram.transferred, self._pages_sent,
+                             dirty_pages_rate=self.ram.dirty_pages_rate,
+                             remaining_at_sync=self._remaining_at_sync)
+        self.report.expected_downtime_ms = self.counters.expected_downtime_ms
+        self.ram.mbps = self.counters.mbps
+        self.ram.pages_per_second = self.counters.pages_per_second
+
+    async def ram_save_iterate(self) -> None:
+        """Send from the scan's position until the budget is spent, MAX_WAIT has passed,
+        or no page is dirty."""
+        c = self.counters
+        started = self.clock.now_ns
+        sent = 0  # pages in this call (QEMU's `i`)
+        batch_pages = self.scenario.migration.batch_pages
+        while not c.rate_limited():
+            self._before_batch()
+            gfns = self.bitmap.peek(batch_pages)
+            if len(gfns) == 0:
+                return  # done: nothing dirty (QEMU's `done = 1`)
+            n, waited = self._pages_allowed(gfns, sent, self.clock.now_ns - started)
+            gfns = gfns[:n]
+            self.bitmap.clear(gfns)
+            await self._send(gfns)
+            sent += n
+            if waited:
+                return
+
+    def _pages_allowed(self, gfns: np.ndarray, sent: int, elapsed_ns: float
+                       ) -> tuple[int, bool]:
+        """How many of `gfns` this call sends before the budget is exceeded (the page that
+        exceeds it included) or MAX_WAIT has passed at a 64-page check; and whether it was
+        MAX_WAIT that cut them."""
+        normal = ~self.vm.memory.zero_mask(gfns)
+        wire_bytes = np.cumsum(PAGE_WIRE_OVERHEAD + PAGE_SIZE * normal.astype(np.int64))
+        n = len(gfns)
+        over = np.flatnonzero(wire_bytes > self.counters.budget_left())
+        if len(over):
+            n = int(over[0]) + 1
+        q = self.scenario.qemu_costs
+        cpu_ns = np.cumsum(np.where(normal, q.page_ns, q.zero_page_ns))
+        took_ns = elapsed_ns + np.maximum(wire_bytes * NS_PER_S / self.link.bandwidth_bps, cpu_ns)
+        checks = np.flatnonzero(((sent + np.arange(n)) % MAX_WAIT_EVERY_PAGES == 0)
+                                & (took_ns[:n] > MAX_WAIT_NS))
+        if len(checks):
+            return int(checks[0]) + 1, True
+        return n, False
+
+    async def _send(self, gfns: np.ndarray, *, guest_stopped: bool = False) -> None:
+        interval = self._interval
+        if self.meter is not None:
+            self.meter.batch(self.clock.now_ns, len(gfns))
+        frame = await interval.sender.send(gfns, guest_stopped=guest_stopped)
+        self.counters.account(frame.nbytes)
+        self._pages_sent += frame.n_pages
+        self.ram.transferred += frame.nbytes
+        if guest_stopped:
+            self.ram.downtime_bytes += frame.nbytes
+        else:
+            self.ram.precopy_bytes += frame.nbytes
+        self.ram.duplicate += frame.n_zero
+        self.ram.normal += frame.n_normal
+        self.ram.normal_bytes += frame.n_normal * PAGE_SIZE
+        if frame.compressed:
+            self.ram.compressed_bytes += frame.payload_wire_bytes
+            self._lz4_raw_bytes += frame.payload_raw_bytes
+        wire_bytes = self.ram.normal_bytes - self._lz4_raw_bytes + self.ram.compressed_bytes
+        self.ram.compression_ratio = self.ram.normal_bytes / wire_bytes if wire_bytes else 1.0
+
+    def _before_batch(self) -> None:
+        """Run the guest up to now, so the batch is read as it is at the time it is sent;
+        answer the polls that are due."""
+        now = self.clock.now_ns
+        self.vm.advance_to(now)
+        self._sample(now)
+
+    # ------------------------------------------------------------------ syncs
 
     async def sync(self) -> HarvestResult:
-        """Migration bitmap sync: harvest every logging slot through the strategy."""
+        """migration_bitmap_sync(): harvest every logging slot, OR it into the bitmap;
+        the period's figures and auto-converge once a second; a new interval begins."""
         self.vm.advance_to(self.clock.now_ns)
         harvest = self.vm.sync_dirty_log()
-        await self.clock.elapse(harvest.kernel_ns)
         self.ram.dirty_sync_count += 1
+        new = self.bitmap.sync(harvest.gfns)
+        q = self.scenario.qemu_costs
+        qemu_ns = 0.0
+        if not self.vm.paused:  # the userspace part: the reference host's TCG per-page path
+            qemu_ns = (q.sync_ns + q.sync_gib_ns * self.ram.total / (1 << 30)
+                       + q.sync_page_ns * len(harvest.gfns))
+        await self.clock.elapse(harvest.kernel_ns + qemu_ns)
+        self._num_dirty_pages_period += new
+        self._remaining_at_sync = self.bitmap.remaining_bytes(PAGE_SIZE)
+        end = self.clock.now_ns
+        if end > self._time_last_bitmap_sync + PERIOD_NS:
+            self._trigger_throttle()
+            self.ram.dirty_pages_rate = (self._num_dirty_pages_period * NS_PER_S
+                                         / (end - self._time_last_bitmap_sync))
+            self._time_last_bitmap_sync = end
+            self._num_dirty_pages_period = 0
+            self._bytes_xfer_prev = self.ram.transferred
+        await self._end_interval(harvest)
         return harvest
 
-    async def stop_and_copy(self, pass_no: int, pending: np.ndarray) -> None:
-        """Pause, final sync, send the rest and the device state, wait for RESUMED."""
+    def _trigger_throttle(self) -> None:
+        """migration_trigger_throttle(): auto-converge's check on the period."""
+        if self.auto_converge is None or self.vm.paused:
+            return
+        pct = self.auto_converge.check(self.ram.transferred - self._bytes_xfer_prev,
+                                       self._num_dirty_pages_period * PAGE_SIZE)
+        if pct != round(self.vm.throttle * 100):
+            self.vm.advance_to(self.clock.now_ns)
+            self.vm.set_throttle(pct / 100)  # the vCPUs run (100 - pct) % of the time from now
+        self.report.cpu_throttle_percentage = pct
+        self.report.max_cpu_throttle_percentage = max(self.report.max_cpu_throttle_percentage,
+                                                      pct)
+
+    async def _periodic_sync(self) -> None:
+        """QEMU 9.2+, auto-converge on: every 5 s, a sync if none came since the last tick
+        (and not during the first pass)."""
+        now = self.clock.now_ns
+        if now < self._periodic_next_ns:
+            return
+        count = self.ram.dirty_sync_count
+        if count > 1 and count == self._periodic_count_prev:
+            await self.sync()
+        self._periodic_count_prev = self.ram.dirty_sync_count
+        self._periodic_next_ns = now + DIRTY_SYNC_TIMESLICE_NS
+
+    # ------------------------------------------------------------------ intervals
+
+    def _begin_interval(self) -> None:
+        m = self.scenario.migration
+        pass_no = self.ram.dirty_sync_count
+        sender = datapath.PassSender(
+            self.client, self.migration_id, pass_no, memory=self.vm.memory, link=self.link,
+            channels=m.channels, compress=m.compression == "lz4", costs=self.scenario.costs,
+            qemu=self.scenario.qemu_costs)
+        self._interval = Interval(pass_no, self.clock.now_ns, self.bitmap.dirty_pages,
+                                  GuestStats(**asdict(self.vm.stats)), sender)
+        if self.meter is not None:
+            phase = "stop-and-copy" if self.vm.paused else "precopy"
+            self.meter.start(pass_no, phase, self.bitmap.dirty_pages, m.batch_pages,
+                             self.clock.now_ns)
+
+    async def _end_interval(self, harvest: HarvestResult) -> None:
+        """The sync that just ran ends the interval: its pass ends on the wire, its record."""
+        interval = self._interval
+        traffic = await interval.sender.finish()
+        now = self.clock.now_ns
+        self._record(interval, "precopy", now, traffic, harvest,
+                     traffic.bytes * NS_PER_S / max(now - interval.start_ns, 1.0),
+                     self.counters.expected_downtime_ms * NS_PER_MS)
+        self._begin_interval()
+
+    # ------------------------------------------------------------------ completion
+
+    async def complete(self) -> None:
+        """migration_completion(): stop the guest, lift the rate limit, the last sync, send
+        the rest and the device state, wait for RESUMED."""
         paused_at = self.clock.now_ns
-        before = GuestStats(**asdict(self.vm.stats))
         self.vm.advance_to(paused_at)
         self.vm.pause()
-        # QEMU lifts max-bandwidth for the completion (migration_completion_precopy:
-        # migration_rate_set(RATE_LIMIT_DISABLED)): the rest goes at the link's speed.
-        self.link.set_bandwidth(self.scenario.link.bandwidth_bps)
-        harvest = await self.sync()
-        rest = np.union1d(pending, harvest.gfns)
-        traffic = await self.send_pages(pass_no, rest)
+        self.status = "device"
+        self.counters.max_bandwidth_bps = 0  # migration_rate_set(RATE_LIMIT_DISABLED)
+        before = GuestStats(**asdict(self.vm.stats))
+        # ram_save_complete: the last sync (counted), then every dirty page.
+        interval = self._interval
+        harvest = self.vm.sync_dirty_log()
+        self.ram.dirty_sync_count += 1
+        self.bitmap.sync(harvest.gfns)
+        await self.clock.elapse(harvest.kernel_ns)
+        precopy = await interval.sender.finish()
+        self._record(interval, "precopy", self.clock.now_ns, precopy, harvest,
+                     precopy.bytes * NS_PER_S / max(self.clock.now_ns - interval.start_ns, 1.0),
+                     self.counters.expected_downtime_ms * NS_PER_MS)
+        self._begin_interval()
+        final = self._interval
+        final.start_ns, final.before = paused_at, before
+        batch_pages = self.scenario.migration.batch_pages
+        while len(gfns := self.bitmap.peek(batch_pages)):
+            self.bitmap.clear(gfns)
+            self._sample(self.clock.now_ns)
+            await self._send(gfns, guest_stopped=True)
+        traffic = await final.sender.finish()
+        await self.clock.elapse(self.scenario.link.latency_ns)  # the last byte's flight
         device_state = self._device_state()
         # The device state is part of the round: its bytes and its time on the link both.
         sent_at = self.clock.now_ns
         await self.link.transfer(len(device_state) + wire.HEADER_SIZE)
         traffic.bytes += len(device_state) + wire.HEADER_SIZE
         traffic.send_ns += self.clock.now_ns - sent_at
-        self.ram.downtime_bytes = traffic.bytes
+        self.ram.transferred += len(device_state) + wire.HEADER_SIZE
+        self.ram.downtime_bytes += len(device_state) + wire.HEADER_SIZE
         wall = time.perf_counter_ns()
         digests = memory_digests(self.vm.memory)  # the emulator's check, not migration work
         self._verify_wall_ns += time.perf_counter_ns() - wall
         answer = await self.client.complete(
-            self.migration_id, pass_no, device_state, digests, {"pages": int(self.vm.npages)}
-        )
+            self.migration_id, final.pass_no, device_state, digests,
+            {"pages": int(self.vm.npages)})
         await self.clock.elapse(2 * self.scenario.link.latency_ns)  # COMPLETE there, RESUMED back
         self._verify_wall_ns += float(answer.get("verify-ms", 0.0)) * NS_PER_MS
         ended = self._migration_ns()  # once: the wall clock moves on while we write it down
@@ -236,10 +479,16 @@ class Source:
         self.report.total_time_ms = ended / NS_PER_MS
         self.report.verify_wall_ms = self._verify_wall_ns / NS_PER_MS
         self.ram.remaining = 0
-        bandwidth = _bandwidth_bps(traffic)
-        self._record(pass_no, "stop-and-copy", paused_at, ended, rest, traffic, harvest, before,
-                     bandwidth, downtime)
+        # migration_calculate_complete: the whole transfer's rate, setup left out.
+        transfer_ms = self.report.total_time_ms - self.report.setup_time_ms
+        if transfer_ms > 0:
+            self.ram.mbps = self.ram.transferred * 8 / transfer_ms / 1e3
+        self._record(final, "stop-and-copy", ended, traffic, harvest,
+                     _bandwidth_bps(traffic), downtime)
+        self._interval = None
         self._verdict(answer)
+        self.status = self.report.status
+        self._sample(ended, force=True)
 
     def _verdict(self, answer: dict) -> None:
         lost = answer.get("lost-gfns")
@@ -256,67 +505,39 @@ class Source:
         self.report.error = (f"verification failed: {self.report.lost_count} pages at the "
                              "destination differ from the source (lost writes)")
 
-    # ------------------------------------------------------------------ data path
-
-    async def send_pages(self, pass_no: int, gfns: np.ndarray) -> PassTraffic:
-        """Send `gfns` over the page channels, each batch read from guest memory as it goes out."""
-        m = self.scenario.migration
-        if self.meter is not None:
-            phase = "stop-and-copy" if self.vm.paused else "precopy"
-            self.meter.start(pass_no, phase, len(gfns), m.batch_pages, self.clock.now_ns)
-        traffic = await datapath.send_pass(
-            self.client, self.migration_id, pass_no, gfns, memory=self.vm.memory,
-            link=self.link, batch_pages=m.batch_pages, channels=m.channels,
-            compress=m.compression == "lz4", costs=self.scenario.costs,
-            before_read=self._before_batch,
-        )
-        await self.clock.elapse(self.scenario.link.latency_ns)  # the last byte's flight
-        self.ram.transferred += traffic.bytes
-        self.ram.duplicate += traffic.zero
-        self.ram.normal += traffic.normal
-        self.ram.normal_bytes += traffic.normal * PAGE_SIZE
-        self.ram.compressed_bytes += traffic.compressed_bytes
-        self._lz4_raw_bytes += traffic.compressed_raw_bytes
-        wire_bytes = self.ram.normal_bytes - self._lz4_raw_bytes + self.ram.compressed_bytes
-        self.ram.compression_ratio = self.ram.normal_bytes / wire_bytes if wire_bytes else 1.0
-        return traffic
-
-    def _before_batch(self) -> None:
-        """Run the guest up to now, so the batch is read as it is at the time it is sent;
-        then the meter, if any, may sample the pass.
-
-        Raise `MigrationCancelled` if a precopy pass alone outlasts twice max-time (a link
-        far too slow for the guest): the policy only looks between passes.
-        """
-        now = self.clock.now_ns
-        if not self.vm.paused and now > 2 * self.scenario.migration.max_time_ns:
-            raise MigrationCancelled(
-                f"a precopy pass was still sending after {now / NS_PER_S:.0f} s, twice max-time"
-            )
-        self.vm.advance_to(now)
-        if self.meter is not None:
-            self.meter.batch(now)
-
     def _device_state(self) -> bytes:
         rng = np.random.default_rng(self.scenario.seed)
         return rng.bytes(DEVICE_STATE_PER_VCPU * self.scenario.guest.vcpus)
 
     # ------------------------------------------------------------------ records
 
-    def _record(self, pass_no: int, phase: str, start: float, end: float, pending: np.ndarray,
-                traffic: PassTraffic, harvest: HarvestResult, before: GuestStats,
-                bandwidth: float, expected_ns: float) -> None:
+    def _sample(self, now: float, *, force: bool = False) -> None:
+        """Answer the query-migrate polls due by `now` (one answer for polls that waited)."""
+        if now < self._next_poll_ns and not force:
+            return
+        self._next_poll_ns = (now // POLL_NS + 1) * POLL_NS
+        self.report.samples.append(Sample(
+            t=now / NS_PER_S, status=self.status, transferred=self.ram.transferred,
+            remaining=self.bitmap.remaining_bytes(PAGE_SIZE) if self.status != "completed" else 0,
+            dirty_sync_count=self.ram.dirty_sync_count, mbps=self.counters.mbps,
+            dirty_pages_rate=self.ram.dirty_pages_rate,
+            expected_downtime=self.counters.expected_downtime_ms,
+            cpu_throttle_percentage=round(self.vm.throttle * 100)))
+
+    def _record(self, interval: Interval, phase: str, end: float, traffic: PassTraffic,
+                harvest: HarvestResult, bandwidth: float, expected_ns: float) -> None:
         record = RoundRecord(
-            pass_no=pass_no,
+            pass_no=interval.pass_no,
             phase=phase,
-            start_ms=start / NS_PER_MS,
-            duration_ms=(end - start) / NS_PER_MS,
-            dirty_pages=len(pending),
+            start_ms=interval.start_ns / NS_PER_MS,
+            duration_ms=(end - interval.start_ns) / NS_PER_MS,
+            dirty_pages=interval.dirty_pages,
             pages_sent=traffic.pages,
             bytes=traffic.bytes,
             bandwidth=bandwidth,
+            threshold_size=self.counters.threshold_size,
             expected_downtime_ms=expected_ns / NS_PER_MS,
-            **self._guest_cost(before),
+            **self._guest_cost(interval.before),
             cpu_throttle_percentage=round(self.vm.throttle * 100),
             harvest=_without_gfns(harvest),
         )

@@ -32,7 +32,7 @@ class PassProgress:
     pages_total: int  # the pass's pages
     virtual_ns: float  # the migration's clock since the pass began (the emulated time)
     wall_s: float  # wall time since the pass began (the emulator's own time)
-    dirty_pages: int  # the dirty bitmaps' count now: the next pass's pages so far
+    dirty_pages: int  # QEMU's migration_dirty_pages now: what query-migrate's remaining counts
 
     @property
     def pages_per_s(self) -> float:
@@ -85,14 +85,15 @@ class PassMeter:
         """A pass of `pages_total` pages, sent `batch_pages` at a time, begins at `now_ns`."""
         self.pass_no, self.phase = pass_no, phase
         self.pages_total, self.batch_pages = pages_total, batch_pages
-        self._batches = 0
+        self._sent = 0
         self._start_ns = now_ns
         self._start_s = self.timer()
 
-    def batch(self, now_ns: float) -> None:
-        """The next batch is about to be read at `now_ns`: sample, if one is due."""
-        sent = min(self._batches * self.batch_pages, self.pages_total)
-        self._batches += 1
+    def batch(self, now_ns: float, pages: int | None = None) -> None:
+        """The next batch (`pages` pages; default `batch_pages`) is about to be read at
+        `now_ns`: sample, if one is due."""
+        sent = min(self._sent, self.pages_total)
+        self._sent += self.batch_pages if pages is None else pages
         wall = self.timer()
         if wall < self._next_s:
             return
