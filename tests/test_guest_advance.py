@@ -122,12 +122,13 @@ def test_chunks_start_at_a_slice_after_an_event_and_double_while_faults_are_chea
     vm.advance(3 * slice_ns)
     assert [dt for _, dt in seen][-2:] == [slice_ns, 2 * slice_ns]
     # Chunks, not writes: just throttled, the vCPUs sleep first (2.5 ms at 20 %) and write
-    # nothing, but the chunk is a slice all the same.
+    # nothing, but the chunk is a slice all the same. (The throttle last: its sleeps would
+    # cut the chunks after the others.)
     steps: list[float] = []
     run_slice = vm._run_slice
     monkeypatch.setattr(vm, "_run_slice", lambda t, dt, *a, **k: steps.append(dt)
                         or run_slice(t, dt, *a, **k))
-    for event in (lambda: vm.set_throttle(0.2), vm.pause, vm.resume):
+    for event in (vm.pause, vm.resume, lambda: vm.set_throttle(0.2)):
         event()
         steps.clear()
         vm.advance(slice_ns)

@@ -13,6 +13,10 @@ workload's `next_change_ns`) the dirty set does not depend on how the stretch
 is cut, so the guest generates a whole stretch at once, in chunks of at most
 `CHUNK_WRITES` writes (`guest.advance = "events"`, the default). Fixed slices
 of `guest.slice` (`"slices"`) stay as the reference it is checked against.
+
+Auto-converge's throttle runs the vCPUs on QEMU's schedule (`ThrottleSchedule`):
+each period they sleep, then run 10 ms. A chunk never runs into a sleep, and a
+sleep is one chunk; what a vCPU runs of any stretch is a closed form.
 """
 
 from __future__ import annotations
@@ -144,14 +148,47 @@ class ThrottleSchedule:
         before = self._wakes_before(end_ns)
         count = before - self._wakes_before(t_ns)
         if count > 0:
-            last = self.start_ns + self.sleep_ns + (before - 1) * self.period_ns
-            found.append((last, self.sleep_ns, count))
+            found.append((self._wake(before - 1), self.sleep_ns, count))
         return found
 
+    def asleep_until(self, t_ns: float) -> float | None:
+        """The end of the sleep the vCPUs are in at `t_ns`, or None if they may run."""
+        if not self.throttling:
+            return None
+        if self.head is not None and self.head[0] <= t_ns < self.head[1]:
+            return self.head[1]
+        if t_ns < self.start_ns:
+            return None
+        wake = self._wake(self._wakes_before(t_ns))  # the first at or after t_ns
+        return wake if wake - self.sleep_ns <= t_ns < wake else None
+
+    def running_until(self, t_ns: float) -> float | None:
+        """When the vCPUs, running at `t_ns`, next fall asleep (the next tick), or None if
+        never (unthrottled) or if they sleep at `t_ns`."""
+        if not self.throttling or self.asleep_until(t_ns) is not None:
+            return None
+        if t_ns < self.start_ns:  # past the head's wake (or before any tick)
+            return self.start_ns
+        k = self._wakes_before(t_ns)
+        if self._wake(k) <= t_ns:  # woken just now: this period's run
+            k += 1
+        return self._wake(k) - self.sleep_ns  # that sleep's tick, as asleep_until rounds it
+
+    def _wake(self, k: int) -> float:
+        """When the current share's sleep k (from 0) ends."""
+        return self.start_ns + self.sleep_ns + k * self.period_ns
+
     def _wakes_before(self, t_ns: float) -> int:
-        """How many of the current share's sleeps end before `t_ns`."""
+        """How many of the current share's sleeps end before `t_ns`: the k with
+        `_wake(k) < t_ns`, exactly as `_wake` rounds, so that two stretches that share a
+        boundary count each wake once."""
         since = t_ns - self.start_ns - self.sleep_ns
-        return max(0, math.ceil(since / self.period_ns)) if since > 0 else 0
+        k = max(0, math.ceil(since / self.period_ns))
+        while k > 0 and self._wake(k - 1) >= t_ns:
+            k -= 1
+        while self._wake(k) < t_ns:
+            k += 1
+        return k
 
 
 class GuestInterrupted(Exception):
@@ -362,17 +399,32 @@ class Vm:
 
         The chunk length starts at `guest.slice` after every MMU event (`_mmu_changed`) and
         doubles after each chunk in which no vCPU lost more than `MAX_CHUNK_LOAD` of its
-        time to faults and lock waits: the time a chunk's faults cost is repaid in the next
-        chunk, so a chunk must be short where that time is large, as slices are. No chunk
-        is shorter than `min_step_ns` (but the last), which bounds their number.
+        running time to faults and lock waits: the time a chunk's faults cost is repaid in the next
+        chunk, so a chunk must be short where that time is large, as slices are. Throttled,
+        a chunk ends where the vCPUs fall asleep, the sleep is one chunk, and the chunks
+        start short again at the wake. No chunk is shorter than `min_step_ns` (but the
+        last), which bounds their number: then a chunk may span many throttle periods.
         """
         while self.now_ns < end:
             t = self.now_ns
             change = self.workload.next_change_ns(t)
             stop = min(end, max(change, t + min_step_ns))
+            wake = self._schedule.asleep_until(t)
+            if wake is not None:
+                # Throttled, the vCPUs sleep: nothing runs or faults until the wake, so that
+                # is one chunk; after it the chunks start short again, as after an event (a
+                # paced guest catches up at the wake, all at once).
+                chunk_end = min(stop, max(wake, t + min_step_ns))
+                self._run_slice(t, chunk_end - t, by_time=True, end_ns=chunk_end)
+                self._chunk_ns = float(self.guest.slice_ns)
+                self._step_done(chunk_end)
+                continue
             rate = self.workload.writes_per_s(t)
             length = min(self._chunk_ns, CHUNK_WRITES * NS_PER_S / rate if rate else math.inf)
             chunk_end = min(stop, t + max(length, min_step_ns))
+            asleep = self._schedule.running_until(t)
+            if asleep is not None:  # nor does a chunk run into a sleep
+                chunk_end = min(chunk_end, max(asleep, t + min_step_ns))
             load = self._run_slice(t, chunk_end - t, by_time=True, end_ns=chunk_end)
             self._chunk_ns = (self.guest.slice_ns if load > MAX_CHUNK_LOAD or chunk_end >= change
                               else 2 * self._chunk_ns)
@@ -402,7 +454,8 @@ class Vm:
         write's time (processes rotate every `guest.slice`), not the slice count's.
         `end_ns`: the slice's end as the caller counts time (default t_ns + dt_ns), so
         that a sleep or a wake at the boundary falls in exactly one of two slices.
-        Return the largest share of the slice a vCPU ran up in debt (faults, lock waits).
+        Return the largest share of its running time a vCPU ran up in debt (faults, lock
+        waits): of the whole slice, unless throttled.
         """
         schedule = self._schedule
         if schedule.throttling:
@@ -450,7 +503,7 @@ class Vm:
             self._debt_ns += stall
             self.stats.vcpu_stall_ns += float(stall.sum())
         self._slice_no += 1
-        return float((self._debt_ns - debt_before).max()) / dt_ns
+        return float((self._debt_ns - debt_before).max()) / running if running > 0 else math.inf
 
     def _vcpu_writes(self, vcpu: int, gfns: np.ndarray, process: int | np.ndarray | None) -> int:
         """vCPU `vcpu` writes `gfns` (page bytes apart); its faults' time becomes its debt.
