@@ -70,7 +70,7 @@ CPU_THROTTLE_TIMESLICE_NS = 10_000_000
 @dataclass(frozen=True)
 class ThrottleSchedule:
     """When QEMU's throttle lets the vCPUs run: from each tick of its timer, every vCPU
-    sleeps `sleep_ns`, then runs until the next tick, `period_ns` after it.
+    sleeps `sleep_ns`, then runs until the next tick, `period_ns` after it (10 ms).
 
     The ticks are `start_ns + k * period_ns` (k >= 0) at `share`, the throttle percentage
     over 100. `cpu_throttle_set` ticks at once only when it turns the throttle on; a new
@@ -84,13 +84,17 @@ class ThrottleSchedule:
     start_ns: float = 0.0
     head: tuple[float, float, float] | None = None
 
+    # In QEMU's whole nanoseconds: the timer is re-armed at `now + TIMESLICE / (1 - pct)`
+    # (an int64_t), and a vCPU sleeps `(int64_t)(pct / (1 - pct) * TIMESLICE + 1)` ("Add 1ns
+    # to fix double's rounding error"), so it runs 1 ns short of 10 ms per period.
+
     @property
     def period_ns(self) -> float:
-        return CPU_THROTTLE_TIMESLICE_NS / (1.0 - self.share)
+        return float(int(CPU_THROTTLE_TIMESLICE_NS / (1.0 - self.share)))
 
     @property
     def sleep_ns(self) -> float:
-        return self.period_ns - CPU_THROTTLE_TIMESLICE_NS
+        return float(int(self.share / (1.0 - self.share) * CPU_THROTTLE_TIMESLICE_NS + 1))
 
     @property
     def throttling(self) -> bool:
@@ -116,6 +120,13 @@ class ThrottleSchedule:
         """How long each vCPU runs in [t_ns, end_ns)."""
         if not self.throttling:
             return end_ns - t_ns
+        # Within one sleep or one run, exactly (a sleeping slice writes nothing at all).
+        wake = self.asleep_until(t_ns)
+        if wake is not None:
+            if end_ns <= wake:
+                return 0.0
+        elif (asleep := self.running_until(t_ns)) is None or end_ns <= asleep:
+            return end_ns - t_ns
         total = 0.0
         lo = t_ns
         if lo < self.start_ns:
@@ -134,8 +145,7 @@ class ThrottleSchedule:
         since = t_ns - self.start_ns
         whole = math.floor(since / period)
         into = since - whole * period
-        return whole * CPU_THROTTLE_TIMESLICE_NS + min(max(into - sleep, 0.0),
-                                                       float(CPU_THROTTLE_TIMESLICE_NS))
+        return whole * (period - sleep) + min(max(into - sleep, 0.0), period - sleep)
 
     def wakes(self, t_ns: float, end_ns: float) -> list[tuple[float, float, int]]:
         """The ends of sleeps in [t_ns, end_ns): (the last one's time, the sleep's length,
