@@ -119,7 +119,7 @@ def test_consecutive_chunks_count_each_wake_once(share, cuts):
 
 def test_a_new_share_while_throttling_takes_effect_at_the_next_tick():
     """cpu_throttle_set ticks at once only when it turns the throttle on; while throttling
-    it arms no timer, so the period in progress runs out as its tick set it (QEMU 6.0+:
+    it arms no timer, so the period in progress runs out as its tick set it (QEMU 7.2 to 10.2:
     "if (!throttle_active) cpu_throttle_timer_tick(NULL)")."""
     s = ThrottleSchedule().changed(0.5, 0.0)  # on: ticks at 0, 20, 40 ms; sleeps 10 ms each
     assert (s.start_ns, s.head) == (0.0, None)
