@@ -409,11 +409,11 @@ class Vm:
 
         The chunk length starts at `guest.slice` after every MMU event (`_mmu_changed`) and
         doubles after each chunk in which no vCPU lost more than `MAX_CHUNK_LOAD` of its
-        running time to faults and lock waits: the time a chunk's faults cost is repaid in the next
-        chunk, so a chunk must be short where that time is large, as slices are. Throttled,
-        a chunk ends where the vCPUs fall asleep, the sleep is one chunk, and the chunks
-        start short again at the wake. No chunk is shorter than `min_step_ns` (but the
-        last), which bounds their number: then a chunk may span many throttle periods.
+        running time to faults and lock waits: the time a chunk's faults cost is repaid in
+        the next chunk, so a chunk must be short where that time is large, as slices are.
+        Throttled, a chunk ends where the vCPUs fall asleep, the sleep is one chunk, and
+        the chunks start short again at the wake. No chunk is shorter than `min_step_ns`
+        (but the last), which bounds their number: then a chunk may span many periods.
         """
         while self.now_ns < end:
             t = self.now_ns
