@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 # The model's units, defined here once (migrate imports them from vmmodel).
 PAGE_SIZE = 4096
@@ -28,6 +28,17 @@ MEMORY_BACKINGS = ("auto", "stored", "generated")  # how the host holds the page
 # How the guest's time is cut (vm.py): from event to event in write-bounded chunks, or in
 # fixed slices of `slice_ns` (the reference the event-driven guest is checked against).
 GUEST_ADVANCES = ("events", "slices")
+# How a workload meets QEMU's vCPU throttle (vm.py): `cpu`, a CPU-bound program (a memset
+# loop), writes in proportion to the time it runs; `paced`, a request-driven one, writes at
+# its rate while it runs and, woken from a throttle sleep, first catches up the writes it
+# owes for the sleep, at most `max_lag_ns` worth.
+PACINGS = ("cpu", "paced")
+# The reference guest's backlog cap (../shared/reference/qemu-7.2-tcg/README.md: "at most
+# 100 ms of backlog", `maxlag_ms`).
+DEFAULT_MAX_LAG_NS = 100_000_000
+# Longer than any sleep of QEMU's throttle (990 ms at its 99 % cap): a larger lag could
+# never be owed.
+MAX_LAG_NS = 10 * NS_PER_S
 
 
 class SpecError(ValueError):
@@ -46,8 +57,16 @@ def _from_dict(cls, data: dict[str, Any]):
 class WorkloadSpec:
     """How the guest writes memory. Rates are writes per second, all vCPUs together."""
 
+    # The value lists and bounds the fields accept, on the class for migrate's config.
+    PACINGS: ClassVar[tuple[str, ...]] = PACINGS
+    MAX_LAG_NS: ClassVar[int] = MAX_LAG_NS
+
     kind: str = "hotspot"
     rate: float = 25_000.0
+    # How the program meets QEMU's throttle (`PACINGS`); `paced` catches up at most
+    # `max_lag_ns` of writes after each throttle sleep. Every part and phase has its own.
+    pacing: str = "cpu"
+    max_lag_ns: int = DEFAULT_MAX_LAG_NS
     # Pages the workload writes, from the start of its slot; 0 means the whole slot.
     working_set_pages: int = 0
     # Touch (write) the working set before dirty logging starts, as a running program has.
@@ -74,6 +93,10 @@ class WorkloadSpec:
             raise SpecError(f"workload.rate: {self.rate} is not in 0..{MAX_WRITE_RATE:.0e}")
         if self.working_set_pages < 0:
             raise SpecError("workload.working-set: negative")
+        if self.pacing not in PACINGS:
+            raise SpecError(f"workload.pacing: {self.pacing!r} is not one of {', '.join(PACINGS)}")
+        if not 0 <= self.max_lag_ns <= MAX_LAG_NS:
+            raise SpecError(f"workload.max-lag: {self.max_lag_ns} ns is not in 0..{MAX_LAG_NS} ns")
         for name in ("hot_writes", "hot_memory", "region"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
@@ -83,6 +106,11 @@ class WorkloadSpec:
         if not (math.isfinite(self.exponent) and self.exponent >= 0):
             raise SpecError(f"workload.exponent: {self.exponent} is not a finite number >= 0"
                             " (zipf: P(rank k) ~ 1/k**exponent)")
+        if self.kind in ("phases", "mix") and (self.pacing, self.max_lag_ns) != (
+                "cpu", DEFAULT_MAX_LAG_NS):
+            what = "phase" if self.kind == "phases" else "part"
+            raise SpecError(f"workload.pacing: a {self.kind!r} workload has none of its own; "
+                            f"each {what} has its pacing and max-lag")
         if self.kind == "phases":
             if not self.phases:
                 raise SpecError("workload.phases: a 'phases' workload needs at least one phase")

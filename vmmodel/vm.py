@@ -13,13 +13,17 @@ workload's `next_change_ns`) the dirty set does not depend on how the stretch
 is cut, so the guest generates a whole stretch at once, in chunks of at most
 `CHUNK_WRITES` writes (`guest.advance = "events"`, the default). Fixed slices
 of `guest.slice` (`"slices"`) stay as the reference it is checked against.
+
+Auto-converge's throttle runs the vCPUs on QEMU's schedule (`ThrottleSchedule`):
+each period they sleep, then run 10 ms. A chunk never runs into a sleep, and a
+sleep is one chunk; what a vCPU runs of any stretch is a closed form.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -56,6 +60,145 @@ CHUNK_WRITES = MIN_SLICE_WRITE_CEILING
 # writes during a short harvest at the wrong share of its rate (tests/test_harvest.py
 # fails), as it does at 100.
 MAX_CHUNK_LOAD = 0.1
+# QEMU's throttle period, run time per period: at each tick of the throttle timer every vCPU
+# sleeps 10 ms x p / (1 - p), and the timer fires again 10 ms / (1 - p) later, so a vCPU runs
+# 10 ms per period (CPU_THROTTLE_TIMESLICE_NS, softmmu/cpu-throttle.c in QEMU 7.2,
+# migration/cpu-throttle.c in 9.2 and 10.2: cpu_throttle_timer_tick, cpu_throttle_thread).
+CPU_THROTTLE_TIMESLICE_NS = 10_000_000
+
+
+@dataclass(frozen=True)
+class ThrottleSchedule:
+    """When QEMU's throttle lets the vCPUs run: from each tick of its timer, every vCPU
+    sleeps `sleep_ns`, then runs until the next tick, `period_ns` after it (10 ms).
+
+    The ticks are `start_ns + k * period_ns` (k >= 0) at `share`, the throttle percentage
+    over 100. `cpu_throttle_set` ticks at once only when it turns the throttle on; a new
+    percentage while throttling arms no timer, so the period in progress runs out as its
+    tick set it: that is `head`, (its tick, its wake, its end == `start_ns`), and the new
+    share starts at the next tick. Every figure over a stretch is a closed form, however
+    many periods it spans. Share 0 is unthrottled (no tick, no sleep).
+    """
+
+    share: float = 0.0
+    start_ns: float = 0.0
+    head: tuple[float, float, float] | None = None
+
+    # In QEMU's whole nanoseconds: the timer is re-armed at `now + TIMESLICE / (1 - pct)`
+    # (an int64_t), and a vCPU sleeps `(int64_t)(pct / (1 - pct) * TIMESLICE + 1)` ("Add 1ns
+    # to fix double's rounding error"), so it runs 1 ns short of 10 ms per period.
+
+    @property
+    def period_ns(self) -> float:
+        return float(int(CPU_THROTTLE_TIMESLICE_NS / (1.0 - self.share)))
+
+    @property
+    def sleep_ns(self) -> float:
+        return float(int(self.share / (1.0 - self.share) * CPU_THROTTLE_TIMESLICE_NS + 1))
+
+    @property
+    def throttling(self) -> bool:
+        return self.share > 0.0
+
+    def changed(self, share: float, now_ns: float) -> ThrottleSchedule:
+        """The schedule after `cpu_throttle_set(share)` at `now_ns` (0: `cpu_throttle_stop`,
+        which the model takes to wake the vCPUs at once)."""
+        if share == self.share:
+            return self
+        if share == 0.0:
+            return ThrottleSchedule()
+        if not self.throttling:
+            return ThrottleSchedule(share, now_ns)  # the timer ticks at once: sleep first
+        if now_ns < self.start_ns:  # still in the head: the next tick reads the new share
+            return replace(self, share=share)
+        period = self.period_ns
+        tick = self.start_ns + math.floor((now_ns - self.start_ns) / period) * period
+        end = tick + period
+        return ThrottleSchedule(share, end, (tick, tick + self.sleep_ns, end))
+
+    def running_ns(self, t_ns: float, end_ns: float) -> float:
+        """How long each vCPU runs in [t_ns, end_ns)."""
+        if not self.throttling:
+            return end_ns - t_ns
+        # Within one sleep or one run, exactly (a sleeping slice writes nothing at all).
+        wake = self.asleep_until(t_ns)
+        if wake is not None:
+            if end_ns <= wake:
+                return 0.0
+        elif (asleep := self.running_until(t_ns)) is None or end_ns <= asleep:
+            return end_ns - t_ns
+        total = 0.0
+        lo = t_ns
+        if lo < self.start_ns:
+            until = min(end_ns, self.start_ns)
+            wake = self.head[1] if self.head is not None else lo  # no head: unthrottled
+            total += max(0.0, until - max(lo, wake))
+            lo = until
+        if end_ns > lo:
+            total += self._run_since_start(end_ns) - self._run_since_start(lo)
+        return total
+
+    def _run_since_start(self, t_ns: float) -> float:
+        """Run time of a vCPU in [start_ns, t_ns): whole periods, then the part of the
+        last one past its sleep."""
+        period, sleep = self.period_ns, self.sleep_ns
+        since = t_ns - self.start_ns
+        whole = math.floor(since / period)
+        into = since - whole * period
+        return whole * (period - sleep) + min(max(into - sleep, 0.0), period - sleep)
+
+    def wakes(self, t_ns: float, end_ns: float) -> list[tuple[float, float, int]]:
+        """The ends of sleeps in [t_ns, end_ns): (the last one's time, the sleep's length,
+        how many), one entry per share (the head's wake, then the current share's)."""
+        if not self.throttling:
+            return []
+        found = []
+        if self.head is not None and t_ns <= self.head[1] < end_ns:
+            found.append((self.head[1], self.head[1] - self.head[0], 1))
+        before = self._wakes_before(end_ns)
+        count = before - self._wakes_before(t_ns)
+        if count > 0:
+            found.append((self._wake(before - 1), self.sleep_ns, count))
+        return found
+
+    def asleep_until(self, t_ns: float) -> float | None:
+        """The end of the sleep the vCPUs are in at `t_ns`, or None if they may run."""
+        if not self.throttling:
+            return None
+        if self.head is not None and self.head[0] <= t_ns < self.head[1]:
+            return self.head[1]
+        if t_ns < self.start_ns:
+            return None
+        wake = self._wake(self._wakes_before(t_ns))  # the first at or after t_ns
+        return wake if wake - self.sleep_ns <= t_ns < wake else None
+
+    def running_until(self, t_ns: float) -> float | None:
+        """When the vCPUs, running at `t_ns`, next fall asleep (the next tick), or None if
+        never (unthrottled) or if they sleep at `t_ns`."""
+        if not self.throttling or self.asleep_until(t_ns) is not None:
+            return None
+        if t_ns < self.start_ns:  # past the head's wake (or before any tick)
+            return self.start_ns
+        k = self._wakes_before(t_ns)
+        if self._wake(k) <= t_ns:  # woken just now: this period's run
+            k += 1
+        return self._wake(k) - self.sleep_ns  # that sleep's tick, as asleep_until rounds it
+
+    def _wake(self, k: int) -> float:
+        """When the current share's sleep k (from 0) ends."""
+        return self.start_ns + self.sleep_ns + k * self.period_ns
+
+    def _wakes_before(self, t_ns: float) -> int:
+        """How many of the current share's sleeps end before `t_ns`: the k with
+        `_wake(k) < t_ns`, exactly as `_wake` rounds, so that two stretches that share a
+        boundary count each wake once."""
+        since = t_ns - self.start_ns - self.sleep_ns
+        k = max(0, math.ceil(since / self.period_ns))
+        while k > 0 and self._wake(k - 1) >= t_ns:
+            k -= 1
+        while self._wake(k) < t_ns:
+            k += 1
+        return k
 
 
 class GuestInterrupted(Exception):
@@ -118,7 +261,7 @@ class Vm:
         self.paused = False
         # Asked between steps: a long synchronous stretch stays interruptible (Ctrl-C).
         self.should_stop: Callable[[], bool] = _never
-        self._throttle = 0.0  # share of each vCPU's time taken away (auto-converge)
+        self._schedule = ThrottleSchedule()  # auto-converge's: when the vCPUs may run
         self.stats = GuestStats()
         self._debt_ns = np.zeros(guest.vcpus)  # vCPU time owed to faults and stalls
         self._slice_no = 0
@@ -152,16 +295,26 @@ class Vm:
     @property
     def throttle(self) -> float:
         """The share of each vCPU's time taken away by auto-converge (0 = unthrottled)."""
-        return self._throttle
+        return self._schedule.share
+
+    @property
+    def throttle_schedule(self) -> ThrottleSchedule:
+        """When the throttle lets the vCPUs run (`ThrottleSchedule`)."""
+        return self._schedule
 
     def set_throttle(self, share: float) -> None:
-        """Throttle every vCPU to run (1 - share) of the time from now, as cpu_throttle_set does.
+        """Throttle every vCPU to run (1 - share) of the time, as cpu_throttle_set does.
 
+        Turned on, the throttle's timer ticks now: each vCPU sleeps 10 ms x share /
+        (1 - share), runs 10 ms, and so on. A new share while throttling takes effect at
+        the next tick, the period in progress running out as it began; the same share
+        changes nothing; 0 lets the vCPUs run at once. A `paced` workload catches up on
+        waking (see `ThrottleSchedule`, `Workload.owed`).
         Raise `ValueError` unless 0 <= share < 1 (QEMU caps cpu-throttle-max at 99 %).
         """
         if not 0.0 <= share < 1.0:
             raise ValueError(f"throttle {share!r} is not in [0, 1)")
-        self._throttle = float(share)
+        self._schedule = self._schedule.changed(float(share), self.now_ns)
         self._mmu_changed()
 
     def _process(self, vcpu: int) -> int:
@@ -256,18 +409,33 @@ class Vm:
 
         The chunk length starts at `guest.slice` after every MMU event (`_mmu_changed`) and
         doubles after each chunk in which no vCPU lost more than `MAX_CHUNK_LOAD` of its
-        time to faults and lock waits: the time a chunk's faults cost is repaid in the next
-        chunk, so a chunk must be short where that time is large, as slices are. No chunk
-        is shorter than `min_step_ns` (but the last), which bounds their number.
+        running time to faults and lock waits: the time a chunk's faults cost is repaid in
+        the next chunk, so a chunk must be short where that time is large, as slices are.
+        Throttled, a chunk ends where the vCPUs fall asleep, the sleep is one chunk, and
+        the chunks start short again at the wake. No chunk is shorter than `min_step_ns`
+        (but the last), which bounds their number: then a chunk may span many periods.
         """
         while self.now_ns < end:
             t = self.now_ns
             change = self.workload.next_change_ns(t)
             stop = min(end, max(change, t + min_step_ns))
+            wake = self._schedule.asleep_until(t)
+            if wake is not None:
+                # Throttled, the vCPUs sleep: nothing runs or faults until the wake, so that
+                # is one chunk; after it the chunks start short again, as after an event (a
+                # paced guest catches up at the wake, all at once).
+                chunk_end = min(stop, max(wake, t + min_step_ns))
+                self._run_slice(t, chunk_end - t, by_time=True, end_ns=chunk_end)
+                self._chunk_ns = float(self.guest.slice_ns)
+                self._step_done(chunk_end)
+                continue
             rate = self.workload.writes_per_s(t)
             length = min(self._chunk_ns, CHUNK_WRITES * NS_PER_S / rate if rate else math.inf)
             chunk_end = min(stop, t + max(length, min_step_ns))
-            load = self._run_slice(t, chunk_end - t, by_time=True)
+            asleep = self._schedule.running_until(t)
+            if asleep is not None:  # nor does a chunk run into a sleep
+                chunk_end = min(chunk_end, max(asleep, t + min_step_ns))
+            load = self._run_slice(t, chunk_end - t, by_time=True, end_ns=chunk_end)
             self._chunk_ns = (self.guest.slice_ns if load > MAX_CHUNK_LOAD or chunk_end >= change
                               else 2 * self._chunk_ns)
             self._step_done(chunk_end)
@@ -285,45 +453,76 @@ class Vm:
         if t_ns > self.now_ns:
             self.advance(t_ns - self.now_ns)
 
-    def _run_slice(self, t_ns: float, dt_ns: float, by_time: bool = False) -> float:
+    def _run_slice(self, t_ns: float, dt_ns: float, by_time: bool = False,
+                   end_ns: float | None = None) -> float:
         """Run every vCPU for [t_ns, t_ns + dt_ns): one slice, or one chunk of a stretch.
 
+        The vCPUs run when the throttle's schedule lets them, less the time they owe to
+        faults and lock waits; a `paced` workload also writes what it owes for each throttle
+        sleep that ends in the slice (`Workload.owed`), each vCPU an equal share.
         `by_time`: the guest process behind each write is the one its vCPU runs at the
         write's time (processes rotate every `guest.slice`), not the slice count's.
-        Return the largest share of the slice a vCPU ran up in debt (faults, lock waits).
+        `end_ns`: the slice's end as the caller counts time (default t_ns + dt_ns), so
+        that a sleep or a wake at the boundary falls in exactly one of two slices.
+        Return the largest share of its running time a vCPU ran up in debt (faults, lock
+        waits): of the whole slice, unless throttled.
         """
-        running = dt_ns * (1.0 - self._throttle)
-        # Repay at the pace the debt was run up (spread over a slice), not all first.
+        schedule = self._schedule
+        if schedule.throttling:
+            end = t_ns + dt_ns if end_ns is None else end_ns
+            running, wakes = schedule.running_ns(t_ns, end), schedule.wakes(t_ns, end)
+        else:
+            running, wakes = dt_ns, []
+        # Repay at the pace the debt was run up (spread over a slice), not all first; only
+        # from running time: a sleeping vCPU repays nothing.
         share = np.minimum(self._debt_ns / self.guest.slice_ns, 1.0)
         owed = np.minimum(self._debt_ns, running * share)
         self._debt_ns -= owed
         active = (running - owed) / dt_ns
-        if not active.any():
+        if not active.any() and not wakes:
             return 0.0
         debt_before = self._debt_ns.copy()
-        gfns = self.workload.generate(self.rng, t_ns, dt_ns, float(active.mean()))
-        # Each vCPU gets a share of the writes in proportion to the time it ran.
-        bounds = np.rint(np.cumsum(active) / active.sum() * len(gfns)).astype(np.int64)
         faults = np.zeros(self.guest.vcpus, dtype=np.int64)
-        start = 0
-        for vcpu, stop in enumerate(bounds):  # a few vCPUs, not per write
-            part = gfns[start:stop]
-            process = self._processes(vcpu, t_ns, dt_ns, len(part)) if by_time else None
-            wp, pf = self._translate_writes(vcpu, part, process)
-            faults[vcpu] = wp + pf
-            fault_ns = wp * self.costs.write_fault_ns + pf * self.costs.page_fault_ns
-            self._debt_ns[vcpu] += fault_ns
-            self.stats.fault_ns += fault_ns
-            start = stop
-        # A page written twice here moves once: `stamp`'s fancy-indexed increment counts an
-        # index once however often it repeats, so no unique pass over the writes is needed.
-        self.memory.stamp(gfns)
+        if active.any():
+            gfns = self.workload.generate(self.rng, t_ns, dt_ns, float(active.mean()))
+            # Each vCPU gets a share of the writes in proportion to the time it ran.
+            bounds = np.rint(np.cumsum(active) / active.sum() * len(gfns)).astype(np.int64)
+            start = 0
+            for vcpu, stop in enumerate(bounds):  # a few vCPUs, not per write
+                part = gfns[start:stop]
+                process = self._processes(vcpu, t_ns, dt_ns, len(part)) if by_time else None
+                faults[vcpu] += self._vcpu_writes(vcpu, part, process)
+                start = stop
+            # A page written twice here moves once: `stamp`'s fancy-indexed increment counts
+            # an index once however often it repeats, so no unique pass over the writes.
+            self.memory.stamp(gfns)
+        for wake_ns, sleep_ns, count in wakes:
+            for piece in self.workload.owed(self.rng, wake_ns, sleep_ns, count):
+                # Every vCPU slept as long, so each owes as much: equal shares.
+                bounds = np.rint(np.arange(1, self.guest.vcpus + 1) / self.guest.vcpus
+                                 * len(piece)).astype(np.int64)
+                start = 0
+                for vcpu, stop in enumerate(bounds):
+                    part = piece[start:stop]
+                    process = self._processes(vcpu, wake_ns, 0.0, len(part)) if by_time else None
+                    faults[vcpu] += self._vcpu_writes(vcpu, part, process)
+                    start = stop
+                self.memory.stamp(piece)
         if self.lock.windows:
             stall = self.lock.stall_ns(t_ns, t_ns + dt_ns, faults)
             self._debt_ns += stall
             self.stats.vcpu_stall_ns += float(stall.sum())
         self._slice_no += 1
-        return float((self._debt_ns - debt_before).max()) / dt_ns
+        return float((self._debt_ns - debt_before).max()) / running if running > 0 else math.inf
+
+    def _vcpu_writes(self, vcpu: int, gfns: np.ndarray, process: int | np.ndarray | None) -> int:
+        """vCPU `vcpu` writes `gfns` (page bytes apart); its faults' time becomes its debt.
+        Return how many writes faulted."""
+        wp, pf = self._translate_writes(vcpu, gfns, process)
+        fault_ns = wp * self.costs.write_fault_ns + pf * self.costs.page_fault_ns
+        self._debt_ns[vcpu] += fault_ns
+        self.stats.fault_ns += fault_ns
+        return wp + pf
 
     def _processes(self, vcpu: int, t_ns: float, dt_ns: float, n: int) -> int | np.ndarray:
         """The guest process behind each of a vCPU's `n` writes spread evenly over the chunk:

@@ -3,13 +3,18 @@
 Each workload turns (time, slice length, how active the vCPUs were) into an
 array of gfns, one per write, with numpy; nothing loops per write. `activity`
 is the vCPUs' mean share of the slice spent running guest code (1.0 unless
-throttled, faulting or stalled on mmu_lock), so a throttle slows every kind.
+throttled, faulting or stalled on mmu_lock, never more), so a throttle slows
+every kind. A `paced` workload also catches up after each throttle sleep: `owed`
+gives the writes it owes for the sleeps that ended in a slice, apart from the
+slice's own, since each part of a mix and each phase has its own pacing and lag.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from itertools import chain
 
 import numpy as np
 
@@ -24,6 +29,9 @@ MIN_SLICE_WRITE_CEILING = int(MAX_WRITE_RATE * DEFAULT_SLICE_NS / NS_PER_S)  # 1
 # all but 1e-7 of the working set (e**-16): more writes could move little but the `writes`
 # counter. 128 bytes per page is a small multiple of the model's own per-page state.
 MAX_WRITES_PER_PAGE_PER_SLICE = 16
+# The most writes one array of a catch-up holds: the catch-up is not cut at a slice's ceiling
+# (a paced guest owes every write of its lag), so it comes in arrays of this bound.
+OWED_PIECE_WRITES = MIN_SLICE_WRITE_CEILING
 
 
 def slice_write_ceiling(pages: int) -> int:
@@ -63,6 +71,28 @@ class Workload(ABC):
         boundary): an event the guest must not generate across. `inf`: never."""
         return math.inf
 
+    def owed(self, rng: np.random.Generator, wake_ns: float, sleep_ns: float,
+             wakes: int) -> Iterator[np.ndarray]:
+        """The writes owed on waking from `wakes` throttle sleeps of `sleep_ns` each, the
+        last ending at `wake_ns`, in arrays of at most `OWED_PIECE_WRITES` gfns.
+
+        A `paced` workload owes what it would have written in the last
+        `min(sleep_ns, max_lag_ns)` of each sleep, and writes it first on waking; a `cpu`
+        one owes nothing (it only runs slower). Nothing is drawn from `rng` when nothing
+        is owed.
+        """
+        if self.spec.pacing != "paced" or wakes <= 0:
+            return iter(())
+        lag_ns = min(float(sleep_ns), float(self.spec.max_lag_ns))
+        if lag_ns <= 0:
+            return iter(())
+        return self._owed(rng, wake_ns, lag_ns, wakes)
+
+    def _owed(self, rng: np.random.Generator, wake_ns: float, lag_ns: float,
+              wakes: int) -> Iterator[np.ndarray]:
+        """The writes of `wakes` lags of `lag_ns`, the last ending at `wake_ns`."""
+        return iter(())
+
 
 class RateWorkload(Workload):
     """`rate` writes per second, placed by `_pick`."""
@@ -85,6 +115,17 @@ class RateWorkload(Workload):
 
     def writes_per_s(self, t_ns: float) -> float:
         return self.spec.rate
+
+    def _owed(self, rng, wake_ns, lag_ns, wakes) -> Iterator[np.ndarray]:
+        # Every owed write, in pieces: `rate` over each lag, the fraction carried as a
+        # slice's is.
+        due = self.spec.rate * lag_ns * wakes / NS_PER_S + self._carry
+        n = int(due)
+        self._carry = due - n
+        while n > 0:
+            piece = min(n, OWED_PIECE_WRITES)
+            yield self._pick(rng, wake_ns - lag_ns, piece)
+            n -= piece
 
     @abstractmethod
     def _pick(self, rng: np.random.Generator, t_ns: float, n: int) -> np.ndarray:
@@ -165,12 +206,21 @@ class Vga(Workload):
         self.max_frames = max(self.regions, slice_write_ceiling(self.pages) // self.region_pages)
 
     def generate(self, rng, t_ns, dt_ns, activity) -> np.ndarray:
+        return self._paint(t_ns, dt_ns, int(self.region_pages * min(activity, 1.0)))
+
+    def _owed(self, rng, wake_ns, lag_ns, wakes) -> Iterator[np.ndarray]:
+        # The frames due in the lag before the wake, repainted whole; over several sleeps
+        # in one slice, as many frames as their lags hold, the last ones before the wake.
+        span = lag_ns * wakes
+        yield self._paint(wake_ns - span, span, self.region_pages)
+
+    def _paint(self, t_ns: float, dt_ns: float, painted: int) -> np.ndarray:
+        """The frames due in (t_ns, t_ns + dt_ns], `painted` pages of each frame's region."""
         try:
             first = math.floor(t_ns * self.spec.fps / NS_PER_S)
             last = math.floor((t_ns + dt_ns) * self.spec.fps / NS_PER_S)
         except OverflowError:  # t * fps past the float range: the slice repaints it all
             first, last = 0, self.max_frames
-        painted = int(self.region_pages * min(activity, 1.0))
         # Python ints: a huge fps gives frame numbers past int64, the region number does not.
         lo = max(first, last - self.max_frames) + 1
         frames = lo % self.regions + np.arange(last + 1 - lo, dtype=np.int64)
@@ -199,6 +249,11 @@ class Phases(Workload):
     def writes_per_s(self, t_ns: float) -> float:
         return self.current(t_ns).writes_per_s(t_ns)
 
+    def owed(self, rng, wake_ns, sleep_ns, wakes) -> Iterator[np.ndarray]:
+        # The phase running at the wake catches up, with its own pacing (no slice crosses a
+        # phase change; its lag may reach back into the phase before).
+        return self.current(wake_ns).owed(rng, wake_ns, sleep_ns, wakes)
+
     def next_change_ns(self, t_ns: float) -> float:
         pos = t_ns % float(self.ends[-1])
         index = min(int(np.searchsorted(self.ends, pos, side="right")), len(self.ends) - 1)
@@ -223,6 +278,9 @@ class Mix(Workload):
 
     def writes_per_s(self, t_ns: float) -> float:
         return sum(p.writes_per_s(t_ns) for p in self.parts)
+
+    def owed(self, rng, wake_ns, sleep_ns, wakes) -> Iterator[np.ndarray]:
+        return chain.from_iterable(p.owed(rng, wake_ns, sleep_ns, wakes) for p in self.parts)
 
     def next_change_ns(self, t_ns: float) -> float:
         return min(p.next_change_ns(t_ns) for p in self.parts)

@@ -71,6 +71,15 @@ WORKLOAD_SCHEMA: tuple[SpecKey, ...] = (
        "needs `guest.vga = true`), `phases` (see below), `mix` (see below)"),
     _k("rate", "rate", Number(0.0, MAX_WRITE_RATE),
        "writes per second, all vCPUs together, at most 1e9"),
+    _k("pacing", "pacing", Choice(WorkloadSpec.PACINGS),
+       "how the program meets auto-converge's throttle: `cpu` (CPU-bound, a memset loop: it "
+       "writes in proportion to the time it runs) or `paced` (request-driven: it writes at its "
+       "rate while it runs and, woken from each throttle sleep, first the writes it owes for "
+       "the sleep); not for `phases` or `mix`, whose phases and parts each have their own "
+       "(see [The model](#the-model))"),
+    _k("max_lag_ns", "max-lag", Time(low=0, high=WorkloadSpec.MAX_LAG_NS),
+       "`paced`: the most backlog it catches up after a sleep, 0 to 10s (the reference "
+       "guest's 100ms)"),
     _k("working_set_pages", "working-set", Special(),
        "pages the workload writes, from the start of its slot: a size or a share of the slot "
        "(the framebuffer for `vga`, RAM otherwise)"),
@@ -88,6 +97,8 @@ WORKLOAD_SCHEMA: tuple[SpecKey, ...] = (
     _k("region", "region", _FRACTION,
        "`vga`: share of the framebuffer repainted per frame, in (0, 1]"),
 )
+_WRITTEN_UNLESS_DEFAULT = tuple(s for s in WORKLOAD_SCHEMA if s.field in ("pacing", "max_lag_ns"))
+_DEFAULT_WORKLOAD = WorkloadSpec()
 DURATION_KEY = _k("duration_ns", "duration", Time(), "a phase's run time, required and positive")
 PHASES_KEY = _k("phases", "phases", Special(),
              "`phases`: an array of workload tables run one after another, then repeated")
@@ -253,6 +264,11 @@ def workload_to_toml(w: WorkloadSpec, role: str, memory_pages: int,
         elif s.key.name == "working-set":
             data[s.key.name] = ("100%" if whole
                                 else units.format_bytes(w.working_set_pages * PAGE_SIZE))
+        elif s in _WRITTEN_UNLESS_DEFAULT:
+            # Keys added after many reports were stored: a run that leaves them at their
+            # defaults resolves as it did before them (a sweep's stored points still match).
+            if getattr(w, s.field) != getattr(_DEFAULT_WORKLOAD, s.field):
+                data[s.key.name] = _write_simple(w, s)
         else:
             data[s.key.name] = _write_simple(w, s)
     return data
