@@ -216,17 +216,17 @@ class PassSender:
         self._opened: list[PageChannel] = []
         self._sent: list[int] = []
         self._batches = 0
+        self._started_ns = 0.0
 
     async def send(self, gfns: np.ndarray, *, guest_stopped: bool = False) -> wire.PagesFrame:
         """Read, time and send one batch; return its frame (its bytes, its page kinds)."""
         if not self._opened:
+            self._started_ns = self.link.clock.now_ns
             self._opened = await _open_channels(self.client, self.path, self.channels)
             self._sent = [0] * len(self._opened)
         frame = _encode(self.pass_no, self.memory, gfns, self.compress)
-        started = self.link.clock.now_ns
         await _account(self.link, frame, compress=self.compress, channels=len(self._opened),
                        costs=self.costs, qemu_ns=qemu_send_ns(self.qemu, frame, guest_stopped))
-        self.traffic.send_ns += self.link.clock.now_ns - started
         self.traffic.add(frame)
         index = self._batches % len(self._opened)
         self._sent[index] += frame.n_pages
@@ -247,7 +247,9 @@ class PassSender:
                                      range(len(self._opened))])
         finally:
             self.close()
-        await self.link.drain()
+        await self.link.drain()  # the wall clock's link may still be carrying the last window
+        if self._opened:  # from the first batch to the last byte carried
+            self.traffic.send_ns = self.link.clock.now_ns - self._started_ns
         self.traffic.channels = len(self._opened)
         return self.traffic
 
