@@ -26,13 +26,12 @@ from migrate.config import (
     scenario_from_dict,
 )
 from migrate.config import scenario as scenario_module
-from migrate.config.schema import Text
 from migrate.config.host import (
     available_memory_bytes,
     destination_memory_bytes,
     model_memory_bytes,
 )
-from migrate.config.schema import Choice, Flag, Rate, Time, keys_of
+from migrate.config.schema import Choice, Flag, Rate, Text, Time, keys_of
 from migrate.config.specs import (
     GUEST_SCHEMA,
     MMU_SCHEMA,

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from migrate import wire
+from migrate.config.costs import QemuCosts
 from migrate.source.channel import PageChannel
 from migrate.source.client import DestinationClient, DestinationError
 from migrate.source.link import Link
-from migrate.config.costs import QemuCosts
 from vmmodel import CostTable, GuestMemory
 
 DEFAULT_COSTS = CostTable()

@@ -28,8 +28,8 @@ from migrate.digest import memory_digests
 from migrate.errors import ProtocolError
 from migrate.report import GuestCost, GuestTotals, Report, RoundRecord, Sample, SetupRecord
 from migrate.source import datapath
-from migrate.source.client import DestinationClient, DestinationError
 from migrate.source.bitmap import MigrationBitmap
+from migrate.source.client import DestinationClient, DestinationError
 from migrate.source.clock import NS_PER_S, make_clock
 from migrate.source.counters import MigrationCounters
 from migrate.source.datapath import PassTraffic
