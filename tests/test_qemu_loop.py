@@ -3,6 +3,8 @@ the periodic sync of 9.2+, QEMU's own costs, and the query-migrate samples."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from aiohttp import web
@@ -67,7 +69,7 @@ async def test_every_window_holds_its_budget_but_one_page(dest_url):
     assert sent[-1] <= report.ram.transferred
 
 
-async def test_9_2_syncs_every_5_s_under_auto_converge_when_none_came(dest_url):
+async def test_9_2_syncs_every_5_s_under_auto_converge_when_none_came(dest_url, caplog):
     # 64 MiB at 2 MiB/s: one round takes ~30 s, but from the second round on QEMU 9.2+
     # syncs at least every 5 s under auto-converge; 7.2 waits for the round's end.
     sets = [*HOPELESS, "guest.workload.working-set=64MiB", "migration.max-bandwidth=2MiB/s",
@@ -80,7 +82,12 @@ async def test_9_2_syncs_every_5_s_under_auto_converge_when_none_came(dest_url):
     # The tick after the round's own sync sees a new count and lets it be; from then on
     # a sync every tick: at most 10 s, then 5 s (plus the loop's pass).
     assert gaps[1] <= 10_000 + 100 and gaps[2:].max() <= 5000 + 100
-    assert np.diff([r.start_ms for r in old.rounds])[1:].max() > 10_000
+    assert len(old.rounds) == 2  # the setup's interval, then a second round still going
+    assert old.total_time_ms - old.rounds[-1].start_ms > 10_000
+    # Both cancelled at max-time in the middle of a pass: the destination drops the
+    # stream quietly (it once logged a traceback from write_eof on the gone socket).
+    assert old.status == new.status == "cancelled"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_qemu_costs_slow_the_setup_and_stall_the_syncs(dest_url, tmp_path):
