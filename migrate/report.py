@@ -34,6 +34,7 @@ class SetupRecord(GuestCost):
     """
 
     harvest: HarvestResult = field(default_factory=HarvestResult)  # enabling dirty logging
+    sync: HarvestResult = field(default_factory=HarvestResult)  # the setup sync (sync 1)
 
 
 @dataclass
@@ -53,7 +54,9 @@ class RoundRecord(GuestCost):
     # the dirty bytes at the sync / bandwidth; the stop-and-copy's: the measured downtime
     expected_downtime_ms: float = keyed("expected-downtime", default=0.0)
     cpu_throttle_percentage: int = 0  # auto-converge's throttle during the pass
-    harvest: HarvestResult = field(default_factory=HarvestResult)  # the sync that ended it
+    # the sync that ended it; none for the interval the completion ends (its sync is the
+    # stop-and-copy's)
+    harvest: HarvestResult = field(default_factory=HarvestResult)
 
 
 @dataclass

@@ -26,12 +26,13 @@ def progress_line(r: RoundRecord) -> str:
         found = f"final sync {h.nr_dirty_pages:>8,} dirty (sent in this round), "
         downtime = f"downtime {r.expected_downtime_ms:>8.1f} ms"
     else:
-        found = f"sync {h.nr_dirty_pages:>8,} dirty, "
+        found = (f"sync {h.nr_dirty_pages:>8,} dirty, " if h.strategy
+                 else "ended by the completion, ")
         downtime = f"expected downtime {r.expected_downtime_ms:>8.1f} ms"
     return (
         f"{r.phase:>13} {r.pass_no:>3}: {r.pages_sent:>9,} pages {r.bytes / MIB:>8.1f} MiB "
-        f"in {r.duration_ms:>8.1f} ms ({r.bandwidth / MIB:>6.1f} MiB/s), {found}{downtime}, "
-        f"harvest {h.branch or '?'} {round(h.kernel_ns) / 1e3:.1f} us"
+        f"in {r.duration_ms:>8.1f} ms ({r.bandwidth / MIB:>6.1f} MiB/s), {found}{downtime}"
+        + (f", harvest {h.branch or '?'} {round(h.kernel_ns) / 1e3:.1f} us" if h.strategy else "")
     )
 
 
@@ -72,7 +73,8 @@ def summary_table(report: Report) -> str:
         + (f"; lz4 {ram.compression_ratio:.2f}x smaller, the batches it shrank "
            f"{ram.compressed_bytes / MIB:,.1f} MiB on the wire" if ram.compressed_bytes else ""),
         f"dirty-sync-count {ram.dirty_sync_count} (QEMU {report.qemu_version or '?'}'s loop, "
-        f"{report.complete_rounds} complete rounds), mbps {ram.mbps:,.1f}, "
+        f"{report.complete_rounds} complete round{'s' * (report.complete_rounds != 1)}), "
+        f"mbps {ram.mbps:,.1f}, "
         f"dirty-pages-rate {ram.dirty_pages_rate:,.0f}",
         f"guest            {guest.writes:,} writes, {guest.write_faults:,} write faults, "
         f"{round(guest.vcpu_stall_ns) / 1e6:,.2f} ms vCPU stall on mmu_lock"
@@ -87,7 +89,8 @@ def summary_table(report: Report) -> str:
         [str(r.pass_no), r.phase, f"{r.dirty_pages:,}", f"{r.bytes / MIB:,.1f}",
          f"{r.start_ms:,.1f}", f"{r.duration_ms:,.1f}", f"{r.bandwidth / MIB:,.1f}",
          f"{r.expected_downtime_ms:,.1f}" + ("*" if r.phase == STOP_AND_COPY else ""),
-         r.harvest.branch, _us(r.harvest.kernel_ns), f"{r.faults:,}",
+         r.harvest.branch or "-", _us(r.harvest.kernel_ns) if r.harvest.strategy else "-",
+         f"{r.faults:,}",
          f"{r.vcpu_stall_ns / 1e6:,.3f}"]
         for r in report.rounds
     ]

@@ -10,9 +10,9 @@ from vmmodel import HarvestResult
 def _report(**fields) -> Report:
     rounds = [
         RoundRecord(pass_no=1, phase="precopy", expected_downtime_ms=400.0,
-                    harvest=HarvestResult(branch="walk", nr_dirty_pages=300)),
+                    harvest=HarvestResult(strategy="heuristic", branch="walk", nr_dirty_pages=300)),
         RoundRecord(pass_no=2, phase="stop-and-copy", expected_downtime_ms=62.8,
-                    harvest=HarvestResult(branch="rmap", nr_dirty_pages=5)),
+                    harvest=HarvestResult(strategy="heuristic", branch="rmap", nr_dirty_pages=5)),
     ]
     return Report(status="completed", verified=True, downtime_ms=62.8, rounds=rounds,
                   ram=RamStats(dirty_sync_count=3), **fields)

@@ -411,18 +411,18 @@ def _convergence(plt: Any, results: list[PointResult], axes: dict[str, list[Any]
                 continue
             t = [report.setup_time_ms / 1e3]
             left = [report.ram.total / MIB]
-            for p in passes:
+            # what is left to send after each sync: the next record's pages when it began
+            for p, after in zip(passes, report.rounds[1:], strict=False):
                 t.append((p.start_ms + p.duration_ms) / 1e3)
-                left.append(p.harvest.nr_dirty_pages * PAGE_SIZE / MIB)
+                left.append(after.dirty_pages * PAGE_SIZE / MIB)
             label = series_label(r.params, rest) if rest else r.name
             ax.plot(t, [max(v, 1e-3) for v in left], marker=".", color=color, linewidth=1.2,
                     label=label)
             ok = converged(report)
             ax.plot(t[-1:], [max(left[-1], 1e-3)], marker="o" if ok else "X",
                     color="tab:red" if ok is False else color, markersize=7, linestyle="none")
-            limit = row(r, [])["downtime-limit-ms"]
-            if limit != "" and passes[-1].bandwidth:
-                thresholds.add(round(passes[-1].bandwidth * limit / 1e3 / MIB, 1))
+            if passes[-1].threshold_size:
+                thresholds.add(round(passes[-1].threshold_size / MIB, 1))
         if len(thresholds) == 1:
             ax.axhline(thresholds.pop(), color="black", linestyle="--", linewidth=1,
                        label="switchover threshold: bandwidth x downtime-limit")
@@ -440,8 +440,8 @@ def _convergence(plt: Any, results: list[PointResult], axes: dict[str, list[Any]
                       title=" / ".join(rest) if rest else None, title_fontsize=8,
                       bbox_to_anchor=(1.02, 1), loc="upper left")
     axs[0][0].set_ylabel("dirty memory left to send at each sync (MiB)")
-    _title(fig, "Convergence, pass by pass: the first pass sends all RAM; a red X marks a "
-           "point forced to stop-and-copy")
+    _title(fig, "Convergence, sync by sync: what is left to send after each sync; a red X "
+           "marks a point forced to stop-and-copy")
     _layout(fig, _subtitle(fig, results))
     return fig
 

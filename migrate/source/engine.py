@@ -218,7 +218,8 @@ class Source:
         self._time_last_bitmap_sync = self.clock.now_ns
         self._remaining_at_sync = self.bitmap.remaining_bytes(PAGE_SIZE)
         self.report.setup = SetupRecord(**self._guest_cost(before),
-                                        harvest=_without_gfns(enable))
+                                        harvest=_without_gfns(enable),
+                                        sync=_without_gfns(harvest))
         self.report.setup_time_ms = (self.clock.now_ns - start) / NS_PER_MS
         self.status = "active"
 
@@ -444,7 +445,9 @@ class Source:
         self.bitmap.sync(harvest.gfns)
         await self.clock.elapse(harvest.kernel_ns)
         precopy = await interval.sender.finish()
-        self._record(interval, "precopy", self.clock.now_ns, precopy, harvest,
+        # The completion's sync ends this interval too, but it is the stop-and-copy's (the
+        # pages it found go there): recorded once, so no sum over the rounds counts it twice.
+        self._record(interval, "precopy", self.clock.now_ns, precopy, HarvestResult(),
                      precopy.bytes * NS_PER_S / max(self.clock.now_ns - interval.start_ns, 1.0),
                      self.counters.expected_downtime_ms * NS_PER_MS)
         self._begin_interval()
