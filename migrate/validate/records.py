@@ -413,6 +413,7 @@ class RunRecord:
     @classmethod
     def read(cls, data: object, source: str) -> RunRecord:
         f = _Fields(data, source)
+        run_id = f.text("run_id")
         versions = f.obj("versions")
         capabilities = f.items("capabilities_on")
         if not all(isinstance(c, str) for c in capabilities):
@@ -420,7 +421,7 @@ class RunRecord:
         events = tuple(Event.read(_Fields(e, f"{source}.events[{i}]"))
                        for i, e in enumerate(f.items("events")))
         record = cls(
-            run_id=f.text("run_id"), source=source, qemu=versions.text("qemu"),
+            run_id=run_id, source=source, qemu=versions.text("qemu"),
             config=RunConfig.read(f.obj("config")),
             parameters=MigrationParameters.read(f.obj("migration_parameters")),
             capabilities=tuple(capabilities), progress=Progress.read(f.obj("progress")),
