@@ -261,6 +261,7 @@ def test_a_doctored_measurement_outside_the_tolerance_exits_1(tmp_path, lines, c
     (run,) = doc["runs"]
     assert run["misses"] == ["time"] and not doc["ok"] and doc["worst"]["time"] == "r5000-bw400"
     assert run["time-less-setup-ms"]["error"] == pytest.approx(-1 / 3, abs=0.05)
+    assert run["scenario"]["migration"]["qemu-version"] == "7.2"  # how it was configured
     # The same run judged within a tolerance wide enough for the doctored time agrees.
     assert cli.main(["validate", str(path), "--json", "--tolerance", "50%"]) == 0
     assert json.loads(capsys.readouterr().out)["ok"]

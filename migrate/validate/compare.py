@@ -88,6 +88,7 @@ class Comparison:
     rate: float  # what precopy's guest was given, writes/s
     wall_s: float
     error: str | None = None  # precopy's, for a run that did not complete or cancel
+    scenario: dict[str, Any] = field(default_factory=dict)  # as configured, TOML spelling
     samples: list[tuple[float, float]] = field(default_factory=list)  # predicted (t, remaining)
 
     def misses(self, tolerance: float) -> list[str]:
@@ -113,6 +114,7 @@ class Comparison:
             "max-cpu-throttle-percentage": self.max_throttle.to_dict(),
             "rate": self.rate, "wall-time-s": self.wall_s, "error": self.error,
             "misses": self.misses(tolerance), "ok": not self.misses(tolerance),
+            "scenario": self.scenario,
         }
 
 
@@ -133,6 +135,7 @@ def compare(configured: Configured, report: Report, wall_s: float) -> Comparison
         rate=configured.rate, wall_s=wall_s,
         error=report.error if report.status not in ("completed", "cancelled") else None,
         samples=[(s.t, float(s.remaining)) for s in report.samples],
+        scenario=configured.config,
     )
 
 

@@ -49,7 +49,7 @@ class Configured:
 
     record: RunRecord
     scenario: Scenario
-    config: dict[str, Any]  # the scenario in TOML spelling, as given to the loader
+    config: dict[str, Any]  # the scenario in TOML spelling, as given to the loader (--json)
     rate: float  # the dirtier's unthrottled writes per second
     paced_share: float  # of that rate, what the throttle the trace shows let it write
 
