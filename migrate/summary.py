@@ -1,4 +1,4 @@
-"""What a person reads: one progress line per pass, and the summary table at the end."""
+"""What a person reads: one progress line per sync interval, and the summary table at the end."""
 
 from __future__ import annotations
 
@@ -13,19 +13,20 @@ def forced_note(report: Report) -> str:
     """Why a forced run's downtime is over the limit, in words (empty if it converged)."""
     if not report.forced:
         return ""
-    passes = sum(r.phase == "precopy" for r in report.rounds)
-    return f"{FORCED} after {passes} pass{'es' * (passes != 1)} (on-no-convergence = force)"
+    syncs = report.ram.dirty_sync_count - 2  # less the setup's and the completion's
+    return f"{FORCED} after {syncs} sync{'s' * (syncs != 1)} (on-no-convergence = force)"
 
 
 def progress_line(r: RoundRecord) -> str:
-    """One pass. A precopy pass's sync finds the next pass's pages and its expected downtime;
-    the stop-and-copy's final sync finds pages it sends itself, and its downtime is measured."""
+    """One sync interval. The sync that ends a precopy interval finds the pages it adds to
+    those still to send; the stop-and-copy's final sync finds pages it sends itself, and its
+    downtime is measured."""
     h = r.harvest
     if r.phase == STOP_AND_COPY:
         found = f"final sync {h.nr_dirty_pages:>8,} dirty (sent in this round), "
         downtime = f"downtime {r.expected_downtime_ms:>8.1f} ms"
     else:
-        found = f"next {h.nr_dirty_pages:>8,} dirty, "
+        found = f"sync {h.nr_dirty_pages:>8,} dirty, "
         downtime = f"expected downtime {r.expected_downtime_ms:>8.1f} ms"
     return (
         f"{r.phase:>13} {r.pass_no:>3}: {r.pages_sent:>9,} pages {r.bytes / MIB:>8.1f} MiB "
@@ -70,8 +71,9 @@ def summary_table(report: Report) -> str:
         # compressed-bytes is the output of lz4 (the batches it shrank), not its input
         + (f"; lz4 {ram.compression_ratio:.2f}x smaller, the batches it shrank "
            f"{ram.compressed_bytes / MIB:,.1f} MiB on the wire" if ram.compressed_bytes else ""),
-        f"dirty-sync-count {ram.dirty_sync_count}, last pass {ram.mbps:,.1f} Mbit/s, "
-        f"dirty rate {ram.dirty_pages_rate:,.0f} pages/s",
+        f"dirty-sync-count {ram.dirty_sync_count} (QEMU {report.qemu_version or '?'}'s loop, "
+        f"{report.complete_rounds} complete rounds), mbps {ram.mbps:,.1f}, "
+        f"dirty-pages-rate {ram.dirty_pages_rate:,.0f}",
         f"guest            {guest.writes:,} writes, {guest.write_faults:,} write faults, "
         f"{round(guest.vcpu_stall_ns) / 1e6:,.2f} ms vCPU stall on mmu_lock"
         # QEMU's cpu-throttle-percentage is the share of time taken away from the vCPUs

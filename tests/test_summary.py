@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from migrate.report import Report, RoundRecord
+from migrate.report import RamStats, Report, RoundRecord
 from migrate.summary import progress_line, summary_table
 from vmmodel import HarvestResult
 
@@ -14,13 +14,14 @@ def _report(**fields) -> Report:
         RoundRecord(pass_no=2, phase="stop-and-copy", expected_downtime_ms=62.8,
                     harvest=HarvestResult(branch="rmap", nr_dirty_pages=5)),
     ]
-    return Report(status="completed", verified=True, downtime_ms=62.8, rounds=rounds, **fields)
+    return Report(status="completed", verified=True, downtime_ms=62.8, rounds=rounds,
+                  ram=RamStats(dirty_sync_count=3), **fields)
 
 
 def test_the_final_row_says_its_pages_were_sent_and_its_downtime_is_measured():
     precopy, stop = (progress_line(r) for r in _report().rounds)
-    assert "next      300 dirty" in precopy and "expected downtime" in precopy
-    assert "next" not in stop and "expected" not in stop
+    assert "sync      300 dirty" in precopy and "expected downtime" in precopy
+    assert ", sync " not in stop and "expected" not in stop
     assert "final sync        5 dirty (sent in this round)" in stop and "downtime     62.8" in stop
     table = summary_table(_report())
     stop_row = next(line for line in table.splitlines() if "stop-and-copy" in line)
@@ -35,7 +36,7 @@ def test_a_forced_switchover_says_precopy_did_not_converge():
     forced, converged = _report(switchover="force"), _report(switchover="switchover")
     status = summary_table(forced).splitlines()[0]
     assert status == ("status           completed (precopy did not converge: switchover forced "
-                      "after 1 pass (on-no-convergence = force))")
+                      "after 1 sync (on-no-convergence = force))")
     assert summary_table(converged).splitlines()[0] == "status           completed"
     line = outcome(PointResult(name="p", status="completed", verified=True, report=forced))
     assert line.startswith("completed (precopy did not converge: switchover forced), verified")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from migrate import wire
-from migrate.config.schema import Choice, Flag, Integer, Params, Rate, Text, Time, key
+from migrate.config.schema import Choice, Flag, Integer, Params, Rate, Text, Time, Version, key
 
 NO_CONVERGENCE_POLICIES = ("force", "cancel")
 # The QEMU releases whose precopy loop the engine runs (see migrate/source/loop.py):
@@ -41,7 +41,7 @@ class MigrationParams(Params):
         "max-bandwidth", Rate(MIN_BANDWIDTH_BPS), 128.0 * 1024 * 1024,
         "the migration's rate limit (QEMU's default)")
     qemu_version: str = key(
-        "qemu-version", Choice(QEMU_VERSIONS), QEMU_VERSIONS[-1],
+        "qemu-version", Version(QEMU_VERSIONS), QEMU_VERSIONS[-1],
         "the QEMU release whose precopy loop runs: `7.2`, `9.2` or `10.2` (see "
         "[QEMU's loop](#qemus-loop))")
     avail_switchover_bandwidth_bps: float = key(

@@ -83,6 +83,19 @@ class Choice(Kind):
 
 
 @dataclass(frozen=True)
+class Version(Choice):
+    """A release number from *choices*, written "7.2"; a bare 7.2 (as `--set` reads it) too."""
+
+    def read(self, t: Table, name: str, default: Any) -> str:
+        value = t.raw(name, default)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = repr(value)
+        if value not in self.choices:
+            raise t.bad(name, value, f"is not one of {', '.join(self.choices)}")
+        return value
+
+
+@dataclass(frozen=True)
 class Text(Kind):
     """A non-empty string (a name or a path, checked where it is used)."""
 

@@ -276,8 +276,11 @@ async def _refuse(reader: _FrameReader, transport: asyncio.Transport) -> None:
     if reader.drained.done() or transport.is_closing():
         return  # the source has stopped sending already
     reader.drain()
-    if transport.can_write_eof():
-        transport.write_eof()
+    try:
+        if transport.can_write_eof():
+            transport.write_eof()
+    except OSError:  # the source has gone already (it cancelled): nothing left to tell it
+        return
     try:
         await asyncio.wait_for(asyncio.shield(reader.drained), REFUSAL_DRAIN_S)
     except TimeoutError:
