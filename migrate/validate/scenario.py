@@ -18,7 +18,6 @@ from migrate.config import HUGE_PAGE_SIZE, ConfigError, Scenario, scenario_from_
 from migrate.config.params import MAX_ITERATIONS, QEMU_VERSIONS
 from migrate.validate.records import RecordError, RunRecord
 from vmmodel import PAGE_SIZE
-from vmmodel.vm import ThrottleSchedule
 
 MIB = 1 << 20
 COSTS = "qemu-7.2-tcg"  # the reference host's table (configs/costs/qemu/)
@@ -34,6 +33,9 @@ SEED = 1
 # cost table, not the link, sets every rate, as in the traces.
 LINK_BANDWIDTH = "32Gbit/s"
 LINK_LATENCY = "20us"  # one way on a loopback: a round trip between two processes, ~tens of us
+# QEMU's throttle (cpu_throttle_timer_tick, cpu_throttle_thread; vmmodel's throttle
+# schedule is the same): a vCPU runs 10 ms per period and sleeps 10 ms x p / (1 - p).
+THROTTLE_RUN_MS = 10.0  # CPU_THROTTLE_TIMESLICE_NS
 MIGRATION_KEYS = {  # precopy's [migration] key <- QEMU's migration parameter
     "throttle-trigger-threshold": "throttle_trigger_threshold",
     "cpu-throttle-initial": "cpu_throttle_initial",
@@ -66,15 +68,13 @@ def paced_share(record: RunRecord) -> float:
         return 1.0
     t = p.t[active]
     pct = np.nan_to_num(p["cpu-throttle-percentage"][active])
-    lag_ns = record.config.maxlag_ms * 1e6
+    lag_ms = record.config.maxlag_ms
     shares = []
     for percent in pct[:-1]:
-        s = ThrottleSchedule(share=min(float(percent), 99.0) / 100)
-        if not s.throttling:
-            shares.append(1.0)
-            continue
-        run = s.period_ns - s.sleep_ns
-        shares.append(min(1.0, (run + min(s.sleep_ns, lag_ns)) / s.period_ns))
+        share = min(float(percent), 99.0) / 100  # cpu_throttle_set clamps to 1..99
+        sleep_ms = THROTTLE_RUN_MS * share / (1 - share)
+        shares.append(min(1.0, (THROTTLE_RUN_MS + min(sleep_ms, lag_ms))
+                          / (THROTTLE_RUN_MS + sleep_ms)))
     dt = np.diff(t)
     return float(np.dot(shares, dt) / dt.sum()) if dt.sum() > 0 else 1.0
 
