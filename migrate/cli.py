@@ -364,6 +364,29 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from migrate.validate.command import parse_tolerance, run_validate
+    from migrate.validate.compare import Interrupted
+    from migrate.validate.records import RecordError
+
+    try:
+        tolerance = parse_tolerance(args.tolerance)
+    except ValueError as err:
+        raise UsageError(f"--tolerance: {err}") from None
+    try:
+        return run_validate(args.runs, tolerance=tolerance, as_json=args.json,
+                            plot_dir=args.plot, overrides=args.set or (), say=_say_stderr)
+    except RecordError as err:
+        raise UsageError(f"validate: {err}") from None
+    except Interrupted:
+        print("precopy: validate interrupted", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _say_stderr(text: str) -> None:
+    print(f"precopy validate: {text}", file=sys.stderr, flush=True)
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -443,6 +466,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x", metavar="AXIS",
                    help="x axis of the downtime plot (default: the workload rate, if varied)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("validate", help="precopy's predictions against recorded QEMU migrations",
+                       description="Run precopy like each recorded real QEMU migration and "
+                                   "print the figures side by side. Exit status: 0 when every "
+                                   "run agrees, 1 otherwise, 2 for bad input.")
+    p.add_argument("runs", nargs="*", type=Path, metavar="RUNS.jsonl",
+                   help="recorded runs (default: the reference runs shipped in "
+                        "configs/reference/qemu-7.2-tcg/)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--tolerance", default="10%", metavar="SHARE",
+                   help="time and transferred agree within this (default 10%%)")
+    p.add_argument("--plot", type=Path, metavar="DIR",
+                   help="write remaining-RUN.png per run: predicted against measured")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key of every run's scenario (a what-if; "
+                        "repeatable)")
+    p.set_defaults(func=cmd_validate)
     return parser
 
 

@@ -147,3 +147,25 @@ def test_from_package_import_module_names_the_module(tmp_path):
     assert _imports("pkg.b", path, known) == {"pkg.a", "pkg"}
     path.write_text("from pkg import a\n")
     assert _imports("pkg.b", path, known) == {"pkg.a"}
+
+
+# The validate room's arrows (docs/ARCHITECTURE.md): it runs precopy like a recorded run, so it
+# reaches the config, the launcher and the engine, and reads reports; only the CLI reaches it.
+VALIDATE_ARROWS = ("migrate.config", "migrate.launch", "migrate.report", "migrate.source",
+                   "migrate.units", "vmmodel")
+
+
+def test_validate_reaches_only_its_arrows():
+    graph = _graph()
+    stray = [(a, b) for a, deps in graph.items() if _inside(a, "migrate.validate")
+             for b in deps if not _inside(b, "migrate.validate")
+             and not any(_inside(b, room) for room in VALIDATE_ARROWS)]
+    assert stray == []
+    assert "migrate.source.engine" in graph["migrate.validate.compare"]  # the graph sees them
+
+
+def test_only_the_cli_reaches_validate():
+    graph = _graph()
+    callers = {a for a, deps in graph.items() if not _inside(a, "migrate.validate")
+               and any(_inside(b, "migrate.validate") for b in deps)}
+    assert callers == {"migrate.cli"}
