@@ -204,6 +204,9 @@ class Source:
         self.link = Link(self.clock, self.scenario.link.bandwidth_bps)
         start = self.clock.now_ns
         self._sample(start)
+        # migration_thread opens the first rate-limit window before the setup
+        # (update_iteration_initial_status), so the first loop pass closes it at once.
+        self.counters.start(start, self.ram.transferred, self._pages_sent)
         self.migration_id = await self.client.hello(self._hello())
         await self.clock.elapse(2 * self.scenario.link.latency_ns)
         enable = self.vm.enable_dirty_logging()  # the guest runs meanwhile, and faults
@@ -238,7 +241,6 @@ class Source:
         """migration_thread's loop until it completes or precopy's own policy gives up."""
         m = self.scenario.migration
         c = self.counters
-        c.start(self.clock.now_ns, self.ram.transferred, self._pages_sent)
         if self.auto_converge is not None and has_periodic_sync(self.version):
             self._periodic_next_ns = self.clock.now_ns + DIRTY_SYNC_TIMESLICE_NS
         self._begin_interval()
@@ -443,7 +445,7 @@ class Source:
         harvest = self.vm.sync_dirty_log()
         self.ram.dirty_sync_count += 1
         self.bitmap.sync(harvest.gfns)
-        await self.clock.elapse(harvest.kernel_ns)
+        await self.clock.elapse(harvest.kernel_ns + self.scenario.qemu_costs.stop_ns)
         precopy = await interval.sender.finish()
         # The completion's sync ends this interval too, but it is the stop-and-copy's (the
         # pages it found go there): recorded once, so no sum over the rounds counts it twice.

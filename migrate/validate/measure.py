@@ -217,9 +217,19 @@ def measure_stopped_page(records: Sequence[RunRecord]) -> tuple[Measurement, Fit
     return Measurement(
         "stopped_page_ns", fit.slope * 1e6, 0.05e3, fit.n, _names(runs),
         f"slope of result.downtime_ms against downtime-bytes / 4 KiB, completed runs that "
-        f"sent {MIN_COMPLETION_PAGES:,} pages or more while stopped; intercept "
-        f"{fit.intercept:.1f} ms (the completion's fixed part, not a QemuCosts constant)",
-        f"residual {fit.residual_sd:.1f} ms"), fit
+        f"sent {MIN_COMPLETION_PAGES:,} pages or more while stopped (the intercept is "
+        f"stop_ns)", f"residual {fit.residual_sd:.1f} ms"), fit
+
+
+def measure_stop(records: Sequence[RunRecord]) -> Measurement:
+    """stop_ns: the completion's fixed part (vm_stop, the final sync with the guest
+    stopped, the device state, the end): the intercept of `measure_stopped_page`'s line."""
+    stopped, fit = measure_stopped_page(records)
+    return Measurement(
+        "stop_ns", max(fit.intercept, 0.0) * 1e6, 0.1e6, fit.n, stopped.runs,
+        "intercept of result.downtime_ms against downtime-bytes / 4 KiB (stopped_page_ns's "
+        "line): the downtime that does not depend on the pages sent",
+        f"residual {fit.residual_sd:.1f} ms")
 
 
 def sync_samples(record: RunRecord, page_ns: float) -> list[SyncSample]:
@@ -228,8 +238,10 @@ def sync_samples(record: RunRecord, page_ns: float) -> list[SyncSample]:
     A sync ends at its MIGRATION_PASS event. It starts at a rate-limit window's start
     (`migration_rate_limit` closes the window, the next `migration_iteration_run`
     finds pending below threshold_size and syncs), which the polls do not show: the
-    windows are rebuilt as QEMU opens them. The first opens at the end of setup
-    (MIGRATION to `active`); each closes 100 ms after it opened, except the one a
+    windows are rebuilt as QEMU opens them. The first opens when migration_thread
+    starts, before the setup (`update_iteration_initial_status`), so it closes at the
+    first loop pass after the setup (MIGRATION to `active`), once the first budget has
+    gone at page_ns a page; each then closes 100 ms after it opened, except the one a
     sync runs in, which closes once the thread has sent its budget after the sync
     (at page_ns a page) if that is later. The sync starts at the first window start
     at or after the last poll before it (within `CLOCK_SLACK_S`). Kept: syncs whose
@@ -241,9 +253,10 @@ def sync_samples(record: RunRecord, page_ns: float) -> list[SyncSample]:
     active = p.active()
     budget_pages = _budget(record) / (PAGE_SIZE + 8)  # a normal page and its 8-byte header
     send_s = budget_pages * page_ns / 1e9
-    opened = record.status_at("active")
-    if opened is None or not is_rate_limited(record):
+    active_at = record.status_at("active")
+    if active_at is None or not is_rate_limited(record):
         return []
+    opened = active_at + send_s
     passes = record.passes()
     running = passes[1:-1] if record.completed else passes[1:]  # the last: the completion's
     samples = []
@@ -308,7 +321,8 @@ def measure_costs(records: Sequence[RunRecord]) -> dict[str, Measurement]:
     per_gib, per_page, _, _ = measure_sync(records, page.rounded_ns)
     fixed = Measurement("sync_ns", 0.0, 1e6, per_gib.samples, per_gib.runs,
                         "0: the stall's fixed part is charged per GiB (sync_gib_ns)")
-    return {m.name: m for m in (setup, fixed, per_gib, per_page, page, zero, stopped)}
+    stop = measure_stop(records)
+    return {m.name: m for m in (setup, fixed, per_gib, per_page, page, zero, stopped, stop)}
 
 
 def other_nonzero_pages(records: Sequence[RunRecord]) -> int:
@@ -337,12 +351,12 @@ REFERENCE_NOTES = (
     "What the engine does with each: setup_ns once at setup; sync_ns + sync_gib_ns x GiB of "
     "ram.total + sync_page_ns x pages harvested at each sync while the guest runs (none at "
     "the completion's: the traces show it a few ms); max(link time, page_ns x normal + "
-    "zero_page_ns x zero) per batch while the guest runs; stopped_page_ns x pages in the "
-    "completion.",
-    "Not in this table, seen in the traces: the completion's fixed part (the intercept "
-    "under stopped_page_ns); pages sent again after the first pass go faster than page_ns "
-    "(a rate-limited window of 400 MiB/s carries 10,221 pages, <= 9.8 us a page; the "
-    "destination no longer faults its memory in); the guest's vCPU waits on the BQL that "
+    "zero_page_ns x zero) per batch while the guest runs; stopped_page_ns x pages in "
+    "the completion, and stop_ns once in it.",
+    "Not in this table, seen in the traces: pages sent again after the first pass go "
+    "faster than page_ns (a rate-limited window of 400 MiB/s carries 10,221 pages, "
+    "<= 9.8 us a page; the destination no longer faults its memory in); the guest's "
+    "vCPU waits on the BQL that "
     "setup and each sync hold, so it writes nothing then (the guest's maxgap ~ setup, "
     "and its writes dropped ~ the stalls beyond its 100 ms of catch-up).",
     "Regenerate: python -m migrate.validate.measure > configs/costs/qemu/qemu-7.2-tcg.toml",
@@ -361,7 +375,7 @@ def costs_toml(measurements: dict[str, Measurement], *, title: str, source: str,
         lines += [f"# {line}" for line in _wrap(text)] + ["#"]
     lines[-1] = ""
     for name in ("setup_ns", "sync_ns", "sync_gib_ns", "sync_page_ns", "page_ns",
-                 "zero_page_ns", "stopped_page_ns"):
+                 "zero_page_ns", "stopped_page_ns", "stop_ns"):
         m = measurements[name]
         text = (f"{m.method}. Measured {_format_ns(m.value_ns)} ns from {m.samples} samples "
                 f"({', '.join(m.runs)})" + (f"; {m.spread}" if m.spread else "")
