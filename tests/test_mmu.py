@@ -178,8 +178,8 @@ def test_shadow_paging_aliases_a_gfn_through_several_processes(make_vm):
         vm.write(vcpu, np.array([gfn]))
     assert vm.mmu.rmap_len[gfn] == 4
     assert set(vm.mmu.rmap_sptes[gfn, :4]) == set(as_map[:, gfn])
-    flush, steps = vm.mmu.rmap_write_protect(np.array([gfn]))
-    assert flush and steps == 4
+    flush, steps, cleared = vm.mmu.rmap_write_protect(np.array([gfn]))
+    assert flush and steps == cleared == 4
     assert not vm.mmu.spte_writable[as_map[:, gfn]].any()
 
 

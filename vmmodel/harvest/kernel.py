@@ -136,7 +136,7 @@ class KernelWork:
         """kvm_mmu_rmap_write_protect for each gfn, taking mmu_lock around each one."""
         if len(gfns) == 0:
             return False
-        flush, steps = self.kvm.mmu.rmap_write_protect(gfns)
+        flush, steps, _ = self.kvm.mmu.rmap_write_protect(gfns)
         c = self.costs
         # kvm_mmu_rmap_write_protect looks up the gfn's rmap head at every page size
         # (4K, 2M, 1G: KVM_NR_PAGE_SIZES), whether or not huge pages are in use.
@@ -147,7 +147,7 @@ class KernelWork:
 
     def slot_remove_write_access(self) -> bool:
         """kvm_mmu_slot_remove_write_access: every shadow page, under one mmu_lock hold."""
-        flush, pages, sptes = self.kvm.mmu.slot_remove_write_access(self.slot.id)
+        flush, pages, sptes, _ = self.kvm.mmu.slot_remove_write_access(self.slot.id)
         c = self.costs
         hold = pages * c.shadow_page_visit_ns + sptes * c.spte_visit_ns
         self.counts["shadow_pages_visited"] += pages
