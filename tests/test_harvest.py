@@ -374,6 +374,7 @@ class _StandInKvm:
         layout = tdp_layout(npages)
         self.mmu = Mmu(layout, np.zeros(npages, dtype=np.uint8), max_mmu_pages=1 << 20)
         self.tlbs = Tlbs(vcpus, layout.n_sptes, entries=64)
+        self.pml = None
         self.lock = MmuLock()
         self.costs = costs
         self.vcpus = vcpus
