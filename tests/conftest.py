@@ -34,7 +34,7 @@ def make_vm():
     dirty logging after the prefill; `paused` pauses the guest.
     """
 
-    mmu_fields = {"strategy", "max_mmu_pages", "tlb_entries", "address_spaces",
+    mmu_fields = {"strategy", "pml", "max_mmu_pages", "tlb_entries", "address_spaces",
                   "mapped_pages", "shared"}
     guest_fields = {"vga_pages", "vcpus", "slice_ns", "advance"}
 

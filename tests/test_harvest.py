@@ -19,6 +19,7 @@ from vmmodel.layout import SPTE_SHIFT, SPTES_PER_PAGE, tdp_layout
 from vmmodel.lock import MmuLock
 from vmmodel.memory import KVM_MEM_LOG_DIRTY_PAGES, MemSlot
 from vmmodel.mmu import Mmu
+from vmmodel.pml import PML_ENTITY_NUM, PmlLog
 from vmmodel.tlb import Tlbs
 
 PAGES = 8192
@@ -62,12 +63,13 @@ write_batches = st.lists(
 )
 
 
-@pytest.mark.parametrize("shape,budget", [("tdp", 0), ("tdp", 10), ("shadow", 0),
-                                          ("shadow", 10)])
+@pytest.mark.parametrize("shape,budget,pml", [("tdp", 0, False), ("tdp", 10, False),
+                                              ("shadow", 0, False), ("shadow", 10, False),
+                                              ("tdp", 0, True), ("tdp", 10, True)])
 @HYP
 @given(rounds=st.lists(write_batches, min_size=1, max_size=6))
-def test_strategies_report_exactly_the_written_pages(make_vm, shape, budget, rounds):
-    vms = {name: make_vm(shape, pages=PAGES, max_mmu_pages=budget, paused=True)
+def test_strategies_report_exactly_the_written_pages(make_vm, shape, budget, pml, rounds):
+    vms = {name: make_vm(shape, pages=PAGES, max_mmu_pages=budget, paused=True, pml=pml)
            for name in CORRECT_STRATEGIES}
     for batches in rounds:
         sets = {}
@@ -82,10 +84,10 @@ def test_strategies_report_exactly_the_written_pages(make_vm, shape, budget, rou
         assert len({tuple(s) for s in sets.values()}) == 1
 
 
-@pytest.mark.parametrize("shape", ["tdp", "shadow"])
+@pytest.mark.parametrize("shape,pml", [("tdp", False), ("shadow", False), ("tdp", True)])
 @pytest.mark.parametrize("strategy", CORRECT_STRATEGIES)
-def test_a_page_refaulted_after_a_zap_is_still_reported(make_vm, shape, strategy):
-    vm = make_vm(shape, pages=PAGES, max_mmu_pages=8, paused=True)
+def test_a_page_refaulted_after_a_zap_is_still_reported(make_vm, shape, pml, strategy):
+    vm = make_vm(shape, pages=PAGES, max_mmu_pages=8, paused=True, pml=pml)
     gfn = 5
     vm.write(0, np.array([gfn]))
     assert vm.harvest(0, strategy).gfns.tolist() == [gfn]
@@ -101,9 +103,10 @@ def test_a_page_refaulted_after_a_zap_is_still_reported(make_vm, shape, strategy
     assert gfn in vm.harvest(0, strategy).gfns
 
 
+@pytest.mark.parametrize("pml", [False, True])
 @pytest.mark.parametrize("strategy", CORRECT_STRATEGIES)
-def test_a_dirty_page_zapped_before_the_harvest_is_still_reported(make_vm, strategy):
-    vm = make_vm("tdp", pages=PAGES, max_mmu_pages=8, paused=True)
+def test_a_dirty_page_zapped_before_the_harvest_is_still_reported(make_vm, strategy, pml):
+    vm = make_vm("tdp", pages=PAGES, max_mmu_pages=8, paused=True, pml=pml)
     vm.write(0, np.array([5]))
     for sp in range(1, 16):
         vm.write(0, np.array([sp * SPTES_PER_PAGE]))
@@ -307,14 +310,16 @@ def test_no_stall_while_the_lock_is_free(make_vm):
 # ------------------------------------------------------------------ the seed's TLB argument
 
 
-def _spy_on_flush(monkeypatch, vm):
-    """Record, around each remote TLB flush, the stale entries and which pages were written."""
+def _spy_on_flush(monkeypatch, vm, armed=None):
+    """Record, around each remote TLB flush, the stale entries (cached translations whose
+    `armed` bit, W by default, the harvest cleared) and which pages were written."""
     seen = []
     original = KernelWork.flush_remote_tlbs
+    armed = vm.mmu.spte_writable if armed is None else armed
 
     def spy(work):
         before = vm.memory.write_count.copy()
-        stale = vm.tlbs.stale_writable(vm.mmu.spte_writable)
+        stale = vm.tlbs.stale_writable(armed)
         original(work)
         seen.append((stale, np.flatnonzero(vm.memory.write_count != before)))
 
@@ -322,30 +327,39 @@ def _spy_on_flush(monkeypatch, vm):
     return seen
 
 
-@pytest.mark.parametrize("shape", ["tdp", "shadow"])
-def test_rmap_writes_through_stale_tlb_entries_hit_harvested_pages(make_vm, monkeypatch, shape):
+@pytest.mark.parametrize("shape,pml", [("tdp", False), ("shadow", False), ("tdp", True)])
+@pytest.mark.parametrize("strategy", ["rmap", "masked"])
+def test_writes_through_stale_tlb_entries_hit_harvested_pages(make_vm, monkeypatch, shape, pml,
+                                                              strategy):
+    """The seed's argument, for rmap and for masked (whose flush also follows the protection):
+    with PML a stale entry is one that still has the D bit the harvest cleared."""
     # 2048 pages written at 50 M/s: ~20 us between harvests dirties part of the working set,
     # and ~200 writes land inside the 4 us flush. Free faults keep the vCPUs running.
     vm = make_vm(shape, "uniform", pages=PAGES, seed=4, rate=5e7, working_set_pages=2048,
-                 costs=CostTable(write_fault_ns=0.0, page_fault_ns=0.0))
+                 costs=CostTable(write_fault_ns=0.0, page_fault_ns=0.0), pml=pml)
+    armed = vm.mmu.spte_dirty if pml else vm.mmu.spte_writable
     audit = DirtyLogAudit(vm)
-    audit.read(vm.sync_dirty_log("rmap").gfns)
-    seen = _spy_on_flush(monkeypatch, vm)
+    audit.read(vm.sync_dirty_log(strategy).gfns)
+    seen = _spy_on_flush(monkeypatch, vm, armed)
     through_stale_total = 0
     for _ in range(20):
         vm.advance(20_000)
         seen.clear()
-        result = vm.harvest(0, "rmap")
+        result = vm.harvest(0, strategy)
         assert len(result.gfns) < 2048  # the harvested set is not the whole working set
         (stale, written), = seen
         assert stale > 0
-        # Written during the flush without faulting (no new dirty bit): through a stale entry.
-        through_stale = written[~vm.slots[0].dirty_bitmap[written]]
+        # Written during the flush without faulting or a log (no new dirty bit, nothing in a
+        # PML buffer): through a stale entry.
+        logged = vm.slots[0].dirty_bitmap[written]
+        if pml:
+            logged |= np.isin(written, vm.pml.pending())
+        through_stale = written[~logged]
         assert np.isin(through_stale, result.gfns).all()
         through_stale_total += len(through_stale)
         audit.read(result.gfns)
         assert audit.unreported().size == 0
-        assert vm.tlbs.stale_writable(vm.mmu.spte_writable) == 0  # flushed
+        assert vm.tlbs.stale_writable(armed) == 0  # flushed
     assert through_stale_total > 0
 
 
@@ -374,6 +388,7 @@ class _StandInKvm:
         layout = tdp_layout(npages)
         self.mmu = Mmu(layout, np.zeros(npages, dtype=np.uint8), max_mmu_pages=1 << 20)
         self.tlbs = Tlbs(vcpus, layout.n_sptes, entries=64)
+        self.pml = None
         self.lock = MmuLock()
         self.costs = costs
         self.vcpus = vcpus
@@ -402,3 +417,27 @@ def test_a_strategy_runs_on_a_stand_in_for_the_vm(name):
     # The guest ran for exactly the modeled kernel time, step by step.
     assert kvm.now_ns == pytest.approx(result.kernel_ns) and len(kvm.elapsed) >= 2
     assert ODD_COSTS.tlb_flush_cost_ns(3) in kvm.elapsed
+
+
+@pytest.mark.parametrize("name", CORRECT_STRATEGIES)
+def test_a_strategy_runs_on_a_stand_in_with_pml(name):
+    """Kvm.pml given: the kick flushes what the buffers hold before the bitmap is taken, and
+    the strategy clears D bits, not W bits."""
+    kvm = _StandInKvm(PAGES, vcpus=3, costs=ODD_COSTS)
+    slot = MemSlot(0, "ram", 0, PAGES)
+    slot.flags |= KVM_MEM_LOG_DIRTY_PAGES
+    kvm.pml = PmlLog(3, ODD_COSTS, slot.mark_page_dirty)
+    kvm.pml.enabled = True
+    faulted, logged = np.array([5, 600]), np.array([601, 8000, 8001])
+    kvm.mmu.fault_in(np.concatenate([faulted, logged]))
+    slot.mark_page_dirty(faulted)  # the faults set their bits; the others the CPU logged
+    kvm.pml.log(2, logged)
+    work = KernelWork(kvm, slot, name)
+    result = work.result(STRATEGIES[name](work))
+    np.testing.assert_array_equal(result.gfns, np.sort(np.concatenate([faulted, logged])))
+    assert result.pml_flushed == len(logged) and kvm.pml.pending().size == 0
+    written = np.concatenate([faulted, logged])
+    assert not kvm.mmu.spte_dirty[written].any() and kvm.mmu.spte_writable[written].all()
+    assert result.tlb_flushes == 1 and slot.nr_dirty_pages == 0
+    assert 3 * ODD_COSTS.pml_kick_ns in kvm.elapsed  # the kick, before anything else
+    assert kvm.pml.fill.sum() == 0 and PML_ENTITY_NUM == 512

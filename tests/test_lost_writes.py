@@ -1,9 +1,11 @@
-"""No lost write: the audit's invariant under every workload, both shapes, the correct strategies.
+"""No lost write: the audit's invariant under every workload, both shapes (and tdp with PML),
+the correct strategies.
 
 The loop is the migration's, without the wire: the guest runs, a sync harvests every slot,
 userspace reads (sends) the harvested pages. After each sync no page may have been written
-since its last read without being dirty in a bitmap, and after the final sync with the
-guest paused no page may be stale. The broken strategies must be caught, with the gfns named.
+since its last read without being dirty in a bitmap (or, with PML, logged in a vCPU's
+buffer), and after the final sync with the guest paused no page may be stale. The broken
+strategies must be caught, with the gfns named, on every MMU they run on.
 """
 
 from __future__ import annotations
@@ -11,9 +13,28 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vmmodel import BROKEN_STRATEGIES, CORRECT_STRATEGIES, CostTable, DirtyLogAudit, WorkloadSpec
+from vmmodel import (
+    BROKEN_STRATEGIES,
+    CORRECT_STRATEGIES,
+    STRATEGIES,
+    CostTable,
+    DirtyLogAudit,
+    WorkloadSpec,
+)
 
 PAGES = 8192
+# The MMUs a strategy runs on: (shape, mmu.pml). PML exists on tdp only.
+MMUS = {"tdp": ("tdp", False), "shadow": ("shadow", False), "tdp-pml": ("tdp", True)}
+
+
+def mmus_of(strategy: str) -> list[str]:
+    """The MMUs `strategy` runs on (one that needs PML: only tdp with PML)."""
+    return [name for name, (_, pml) in MMUS.items() if pml or not STRATEGIES[strategy].needs_pml]
+
+
+def strategy_mmus(strategies) -> list:
+    return [pytest.param(s, m, id=f"{s}-{m}") for s in strategies for m in mmus_of(s)]
+
 VGA_PAGES = 512
 # With the default costs a vCPU repays its fault debt spread over the next slice, at the
 # pace it ran it up, so it writes during a harvest at a reduced rate. Free faults keep the
@@ -69,12 +90,13 @@ def migrate_rounds(vm, strategy: str, rounds: int = 8, dt_ns: float = 4e6):
 
 @pytest.mark.parametrize("costs", sorted(COSTS))
 @pytest.mark.parametrize("workload", sorted(WORKLOADS))
-@pytest.mark.parametrize("shape", ["tdp", "shadow"])
-@pytest.mark.parametrize("strategy", CORRECT_STRATEGIES)
-def test_correct_strategies_lose_no_write(make_vm, workload, shape, strategy, costs):
+@pytest.mark.parametrize("strategy,mmu", strategy_mmus(CORRECT_STRATEGIES))
+def test_correct_strategies_lose_no_write(make_vm, workload, strategy, mmu, costs):
+    shape, pml = MMUS[mmu]
     during = 0
     for seed in range(5):
-        vm = make_vm(shape, pages=PAGES, seed=seed, costs=COSTS[costs], **WORKLOADS[workload])
+        vm = make_vm(shape, pages=PAGES, seed=seed, costs=COSTS[costs], pml=pml,
+                     strategy=strategy, **WORKLOADS[workload])
         writes_before = int(vm.memory.write_count.sum())
         unreported, stale, writes_in_harvests = migrate_rounds(vm, strategy)
         for i, lost in enumerate(unreported):
@@ -87,23 +109,25 @@ def test_correct_strategies_lose_no_write(make_vm, workload, shape, strategy, co
         assert during > 0  # ...and some writes raced with the harvests
 
 
-@pytest.mark.parametrize("shape", ["tdp", "shadow"])
-@pytest.mark.parametrize("strategy", CORRECT_STRATEGIES)
-def test_correct_strategies_lose_no_write_while_shadow_pages_are_zapped(make_vm, shape,
-                                                                       strategy):
+@pytest.mark.parametrize("strategy,mmu", strategy_mmus(CORRECT_STRATEGIES))
+def test_correct_strategies_lose_no_write_while_shadow_pages_are_zapped(make_vm, strategy, mmu):
+    shape, pml = MMUS[mmu]
     for seed in range(4):
         vm = make_vm(shape, "hotspot", pages=4 * PAGES, seed=seed, rate=2e6, hot_memory=0.1,
-                     prefill=False, max_mmu_pages=12)
+                     prefill=False, max_mmu_pages=12, pml=pml, strategy=strategy)
         unreported, stale, _ = migrate_rounds(vm, strategy, rounds=10)
         assert vm.stats.zapped_pages > 0
         assert all(lost.size == 0 for lost in unreported), f"seed {seed}"
         assert stale.size == 0, f"seed {seed}"
 
 
-def _caught(make_vm, strategy: str, shape: str, seeds=range(6)):
-    """The first seed at which `strategy` loses a write: (seed, vm, audit, lost gfns)."""
+def _caught(make_vm, strategy: str, mmu: str, seeds=range(6)):
+    """The first seed at which `strategy` loses a write: (seed, vm, audit, lost gfns), the
+    guest still running if a sync's audit caught it, paused if only the final sync's did."""
+    shape, pml = MMUS[mmu]
     for seed in seeds:
-        vm = make_vm(shape, "hotspot", pages=PAGES, seed=seed, rate=4e6, hot_memory=0.05)
+        vm = make_vm(shape, "hotspot", pages=PAGES, seed=seed, rate=4e6, hot_memory=0.05,
+                     pml=pml, strategy=strategy)
         audit = DirtyLogAudit(vm)
         for _ in range(10):
             vm.advance(4e6)
@@ -112,14 +136,18 @@ def _caught(make_vm, strategy: str, shape: str, seeds=range(6)):
             lost = audit.unreported()
             if lost.size:
                 return seed, vm, audit, lost
+        vm.pause()
+        audit.read(vm.sync_dirty_log(strategy).gfns)
+        lost = audit.stale()
+        if lost.size:
+            return seed, vm, audit, lost
     return None
 
 
-@pytest.mark.parametrize("shape", ["tdp", "shadow"])
-@pytest.mark.parametrize("strategy", BROKEN_STRATEGIES)
-def test_broken_strategies_are_caught_and_the_lost_gfns_named(make_vm, strategy, shape):
-    caught = _caught(make_vm, strategy, shape)
-    assert caught is not None, f"{strategy} lost no write on {shape}"
+@pytest.mark.parametrize("strategy,mmu", strategy_mmus(BROKEN_STRATEGIES))
+def test_broken_strategies_are_caught_and_the_lost_gfns_named(make_vm, strategy, mmu):
+    caught = _caught(make_vm, strategy, mmu)
+    assert caught is not None, f"{strategy} lost no write on {mmu}"
     seed, vm, audit, lost = caught
     # The named gfns really were written after their last read...
     assert (vm.memory.write_count[lost] > audit.read_version[lost]).all()
@@ -128,16 +156,18 @@ def test_broken_strategies_are_caught_and_the_lost_gfns_named(make_vm, strategy,
         inside = lost[slot.contains(lost)]
         assert not slot.dirty_bitmap[inside - slot.base_gfn].any()
     # Finishing the migration with this strategy leaves them (at least) stale.
-    vm.pause()
-    audit.read(vm.sync_dirty_log(strategy).gfns)
+    if not vm.paused:
+        vm.pause()
+        audit.read(vm.sync_dirty_log(strategy).gfns)
     stale = audit.stale()
     assert stale.size > 0 and np.isin(lost, stale).any()
 
 
-def test_the_same_run_with_a_correct_strategy_loses_nothing(make_vm):
+@pytest.mark.parametrize("mmu", ["tdp", "tdp-pml"])
+def test_the_same_run_with_a_correct_strategy_loses_nothing(make_vm, mmu):
     """Control for the test above: same guest, seeds and loop, only the strategy differs."""
     for strategy in CORRECT_STRATEGIES:
-        assert _caught(make_vm, strategy, "tdp", seeds=range(3)) is None
+        assert _caught(make_vm, strategy, mmu, seeds=range(3)) is None
 
 
 def test_rmap_noflush_loses_writes_through_stale_tlb_entries(make_vm):

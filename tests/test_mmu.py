@@ -40,16 +40,16 @@ def present_ids_of(vm, gfn: int) -> np.ndarray:
 # ------------------------------------------------------------------ random operations
 
 
-@pytest.mark.parametrize("shape", ["tdp", "shadow"])
+@pytest.mark.parametrize("shape,pml", [("tdp", False), ("shadow", False), ("tdp", True)])
 @HYP
 @given(ops=operations)
 # Hypothesis found this one (which random examples it tries depends on the modules loaded):
 # a write-protect fault and page faults in one batch, the zap taking the protected spte's page.
 @example(ops=[("write", 0, [0]), ("harvest", "heuristic", None),
               ("write", 0, [sp * 512 for sp in range(8)])])
-def test_rmap_and_sptes_agree_after_random_operations(make_vm, shape, ops):
+def test_rmap_and_sptes_agree_after_random_operations(make_vm, shape, pml, ops):
     # 8192 pages need 16 leaf pages in tdp, more in shadow: a budget of 10 forces zaps.
-    vm = make_vm(shape, pages=PAGES, max_mmu_pages=10, paused=True)
+    vm = make_vm(shape, pages=PAGES, max_mmu_pages=10, paused=True, pml=pml)
     for op, arg, gfns in ops:
         if op == "write":
             vm.write(arg, np.array(gfns))
@@ -62,15 +62,15 @@ def test_rmap_and_sptes_agree_after_random_operations(make_vm, shape, ops):
         assert problems == [], f"after {op} {arg} {gfns}: {problems}"
 
 
-@pytest.mark.parametrize("shape", ["tdp", "shadow"])
+@pytest.mark.parametrize("shape,pml", [("tdp", False), ("shadow", False), ("tdp", True)])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_rmap_and_sptes_agree_with_a_running_guest_and_zapping(make_vm, shape, seed):
+def test_rmap_and_sptes_agree_with_a_running_guest_and_zapping(make_vm, shape, pml, seed):
     # No prefill: pages are faulted in while the guest runs, so the budget forces zaps.
     vm = make_vm(shape, "hotspot", pages=4 * PAGES, seed=seed, rate=100_000.0, hot_memory=0.1,
-                 prefill=False, max_mmu_pages=12)
+                 prefill=False, max_mmu_pages=12, pml=pml)
     for step in range(15):
         vm.advance(2e6)
-        vm.sync_dirty_log(("walk", "rmap", "heuristic")[step % 3])
+        vm.sync_dirty_log(("walk", "rmap", "heuristic", "masked")[step % 4])
         assert vm.mmu.check_consistency() == [], f"step {step}"
     assert vm.stats.zapped_pages > 0  # the budget really was exceeded
 
@@ -143,6 +143,21 @@ def test_checker_reports_a_writable_spte_that_is_not_present(faulted_vm):
     assert "writable spte that is not present" in mmu.check_consistency()
 
 
+def test_checker_reports_a_dirty_spte_that_is_not_present(faulted_vm):
+    mmu = faulted_vm.mmu
+    absent = int(np.flatnonzero(~mmu.spte_present & (mmu.spte_gfn >= 0))[0])
+    mmu.spte_dirty[absent] = True
+    assert "dirty spte that is not present" in mmu.check_consistency()
+
+
+def test_a_fault_sets_the_d_bit_and_a_zap_clears_it(make_vm):
+    vm = make_vm("tdp", pages=PAGES, max_mmu_pages=8, paused=True)
+    vm.write(0, np.array([3]))
+    assert vm.mmu.spte_dirty[3] and vm.mmu.spte_writable[3]
+    vm.mmu.zap_oldest_mmu_pages(1)
+    assert not vm.mmu.spte_dirty[3] and not vm.mmu.spte_present[3]
+
+
 def test_checker_reports_a_duplicated_rmap_entry(faulted_vm):
     mmu = faulted_vm.mmu
     a, b = np.flatnonzero(mmu.rmap_len > 0)[:2]
@@ -178,8 +193,8 @@ def test_shadow_paging_aliases_a_gfn_through_several_processes(make_vm):
         vm.write(vcpu, np.array([gfn]))
     assert vm.mmu.rmap_len[gfn] == 4
     assert set(vm.mmu.rmap_sptes[gfn, :4]) == set(as_map[:, gfn])
-    flush, steps = vm.mmu.rmap_write_protect(np.array([gfn]))
-    assert flush and steps == 4
+    flush, steps, cleared = vm.mmu.rmap_write_protect(np.array([gfn]))
+    assert flush and steps == cleared == 4
     assert not vm.mmu.spte_writable[as_map[:, gfn]].any()
 
 

@@ -30,6 +30,14 @@ class CostTable:
     write_fault_ns: float = 1_500.0  # write-protect fault: VM exit, fast_page_fault, entry
     page_fault_ns: float = 3_000.0  # fault that instantiates an spte
     zap_page_ns: float = 1_000.0  # zap one shadow page (512 sptes, rmap removal)
+    # kvm_get_dirty_log_protect (`masked`), under one mmu_lock hold per memslot:
+    word_xchg_ns: float = 7.0  # xchg one non-zero bitmap word (an implicitly locked RMW)
+    tdp_walk_ns: float = 20.0  # tdp: the iterator's descent to a word's 4K leaf table
+    spte_clear_ns: float = 7.0  # tdp: clear W or D of one leaf spte (an atomic AND)
+    # PML (mmu.pml): the vCPU's side, then the ioctl's kick.
+    pml_exit_ns: float = 500.0  # a PML-full exit (or a kick's): exit and re-entry, no handler
+    pml_entry_ns: float = 20.0  # vmx_flush_pml_buffer: one logged GPA into the dirty bitmap
+    pml_kick_ns: float = 200.0  # kvm_arch_sync_dirty_log: kvm_vcpu_kick of one vCPU (no wait)
     # Host userspace, not KVM: the migration thread compressing a page with lz4.
     lz4_page_shrunk_ns: float = 5_000.0  # a page of a batch that lz4 shrank
     lz4_page_raw_ns: float = 400.0  # a page of a batch it could not shrink (sent raw)

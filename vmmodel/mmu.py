@@ -4,6 +4,11 @@ State is kept in flat numpy arrays indexed by spte id (see layout.py) so
 that every operation is vectorised over the sptes it touches. Operations that
 change translations return whether a remote TLB flush is needed, as KVM's
 helpers do; the caller flushes once.
+
+Each protecting operation comes in KVM's two flavours: clear the W bit (the
+next write faults) or, with PML, the D bit (the next write is logged by the
+CPU, vmmodel/pml.py). Both kinds need the flush: a cached translation keeps
+its W and its D until then.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import numpy as np
 from vmmodel.layout import SPTE_SHIFT, SPTES_PER_PAGE, Layout
 
 LEVELS_ABOVE_LEAF = 2  # level-2 and level-3 parents; the roots are counted apart
+# Non-zero bitmap words whose sptes tdp_clear_dirty_pt_masked looks at in one numpy step:
+# 16 Ki words x 64 sptes of int64 ids is 8 MiB, whatever the guest's size.
+MASKED_WORDS_AT_ONCE = 16_384
 
 
 def unique_ids(ids: np.ndarray, scratch: np.ndarray) -> np.ndarray:
@@ -41,6 +49,7 @@ class Mmu:
         n, n_sp = layout.n_sptes, layout.n_shadow_pages
         self.spte_present = np.zeros(n, dtype=bool)
         self.spte_writable = np.zeros(n, dtype=bool)
+        self.spte_dirty = np.zeros(n, dtype=bool)  # the D bit (shadow_dirty_mask)
         self.sp_valid = np.zeros(n_sp, dtype=bool)
         self.sp_created = np.zeros(n_sp, dtype=np.int64)  # creation order, for zapping the oldest
         self.sp_slot_mask = np.zeros(n_sp, dtype=np.uint8)  # KVM's sp->slot_bitmap
@@ -89,6 +98,7 @@ class Mmu:
             self._create_pages(new_sps)
         self.spte_present[ids] = True
         self.spte_writable[ids] = True
+        self.spte_dirty[ids] = True  # make_spte sets D on a write fault
         gfns = self.spte_gfn[ids]
         self._rmap_add(gfns, ids)
         slot_bits = (np.uint8(1) << self.gfn_slot[gfns].astype(np.uint8))
@@ -104,8 +114,10 @@ class Mmu:
             np.add.at(refs, sps >> (SPTE_SHIFT * k), 1)
 
     def make_writable(self, ids: np.ndarray) -> None:
-        """Fix a write-protect fault: the spte becomes writable again."""
+        """Fix a write-protect fault: the spte becomes writable again (and the retried write
+        sets its D bit)."""
         self.spte_writable[ids] = True
+        self.spte_dirty[ids] = True
 
     # ---------------------------------------------------------------- zap
 
@@ -132,6 +144,7 @@ class Mmu:
         self._rmap_remove(self.spte_gfn[ids], ids)
         self.spte_present[ids] = False
         self.spte_writable[ids] = False
+        self.spte_dirty[ids] = False
         self.sp_valid[sps] = False
         self.sp_slot_mask[sps] = 0
         self.n_leaf_pages -= len(sps)
@@ -166,36 +179,86 @@ class Mmu:
         self.rmap_sptes[heads] = rows
         self.rmap_len[heads] = keep.sum(axis=1)
 
-    def rmap_write_protect(self, gfns: np.ndarray) -> tuple[bool, int]:
+    def rmap_write_protect(self, gfns: np.ndarray) -> tuple[bool, int, int]:
         """Clear W on every spte that maps `gfns` (kvm_mmu_rmap_write_protect, vectorised).
 
-        Return (flush needed, rmap entries followed).
+        Return (flush needed, rmap entries followed, sptes whose W was cleared).
         """
+        return self._rmap_clear(gfns, self.spte_writable)
+
+    def rmap_clear_dirty(self, gfns: np.ndarray) -> tuple[bool, int, int]:
+        """Clear D on every spte that maps `gfns` (__rmap_clear_dirty, for PML); as above."""
+        return self._rmap_clear(gfns, self.spte_dirty)
+
+    def _rmap_clear(self, gfns: np.ndarray, bits: np.ndarray) -> tuple[bool, int, int]:
         lens = self.rmap_len[gfns]
         if self.layout.max_aliases == 1:
             ids = self.rmap_sptes[gfns[lens > 0], 0]
         else:
             rows = self.rmap_sptes[gfns]
             ids = rows[np.arange(rows.shape[1]) < lens[:, None]]
-        flush = bool(self.spte_writable[ids].any())
-        self.spte_writable[ids] = False
-        return flush, int(lens.sum())
+        cleared = int(np.count_nonzero(bits[ids]))
+        bits[ids] = False
+        return cleared > 0, int(lens.sum()), cleared
+
+    # ---------------------------------------------------------------- masked (per bitmap word)
+
+    def tdp_clear_dirty_pt_masked(self, base_gfn: int, gfns: np.ndarray, *,
+                                  wrprot: bool) -> tuple[int, int, int]:
+        """kvm_tdp_mmu_clear_dirty_pt_masked for every non-zero word of a taken bitmap.
+
+        `gfns` (sorted, inside one slot starting at `base_gfn`) are the bits taken;
+        a word covers 64 gfns from the slot's start. Per word the TDP iterator visits
+        the present leaf sptes from its first set bit to its last (clear_dirty_pt_masked
+        stops once the mask is empty) and clears W (`wrprot`) or D on those of set bits.
+        tdp only: spte id == gfn. Return (words, sptes visited, sptes cleared).
+        """
+        if len(gfns) == 0:
+            return 0, 0, 0
+        offsets = gfns - base_gfn
+        words = offsets >> 6
+        first = np.flatnonzero(np.r_[True, words[1:] != words[:-1]])
+        last = np.r_[first[1:] - 1, len(words) - 1]
+        lo, hi = offsets[first] & 63, offsets[last] & 63
+        starts = base_gfn + (words[first] << 6)
+        col = np.arange(64)
+        visited = 0
+        for i in range(0, len(first), MASKED_WORDS_AT_ONCE):  # bounded memory, not per word
+            part = slice(i, i + MASKED_WORDS_AT_ONCE)
+            # The sptes of each non-zero word, one row per word.
+            ids = starts[part, None] + col
+            in_span = (col >= lo[part, None]) & (col <= hi[part, None])
+            in_span &= ids < len(self.spte_present)
+            visited += int(np.count_nonzero(self.spte_present[np.where(in_span, ids, 0)]
+                                            & in_span))
+        bits = self.spte_writable if wrprot else self.spte_dirty
+        cleared = int(np.count_nonzero(bits[gfns]))  # a bit is set only where present
+        bits[gfns] = False
+        return len(first), visited, cleared
 
     # ---------------------------------------------------------------- slot walk
 
-    def slot_remove_write_access(self, slot_id: int) -> tuple[bool, int, int]:
+    def slot_remove_write_access(self, slot_id: int) -> tuple[bool, int, int, int]:
         """Clear W on every leaf spte of every shadow page that maps into the slot.
 
         kvm_mmu_slot_remove_write_access: walk every shadow page in use, and
         for those whose slot_bitmap has the slot, all 512 sptes. Return
-        (flush needed, shadow pages visited, sptes visited).
+        (flush needed, shadow pages visited, sptes visited, sptes whose W was cleared).
         """
+        return self._slot_clear(slot_id, self.spte_writable)
+
+    def slot_leaf_clear_dirty(self, slot_id: int) -> tuple[bool, int, int, int]:
+        """Clear D on every leaf spte into the slot (kvm_mmu_slot_leaf_clear_dirty, PML's
+        enable-time walk); as above."""
+        return self._slot_clear(slot_id, self.spte_dirty)
+
+    def _slot_clear(self, slot_id: int, bits: np.ndarray) -> tuple[bool, int, int, int]:
         selected = self.sp_valid & ((self.sp_slot_mask >> slot_id) & 1).astype(bool)
-        writable = self.spte_writable.reshape(-1, SPTES_PER_PAGE)
+        pages = bits.reshape(-1, SPTES_PER_PAGE)
         rows = np.flatnonzero(selected)
-        flush = bool(writable[rows].any())
-        writable[rows] = False
-        return flush, self.n_used_mmu_pages, len(rows) * SPTES_PER_PAGE
+        cleared = int(np.count_nonzero(pages[rows]))
+        pages[rows] = False
+        return cleared > 0, self.n_used_mmu_pages, len(rows) * SPTES_PER_PAGE, cleared
 
     # ---------------------------------------------------------------- checks
 
@@ -205,6 +268,8 @@ class Mmu:
         present = np.flatnonzero(self.spte_present)
         if np.any(self.spte_writable & ~self.spte_present):
             problems.append("writable spte that is not present")
+        if np.any(self.spte_dirty & ~self.spte_present):
+            problems.append("dirty spte that is not present")
         cols = np.arange(self.rmap_sptes.shape[1])
         in_rmap = cols < self.rmap_len[:, None]
         entries = self.rmap_sptes[in_rmap]

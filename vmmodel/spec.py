@@ -194,6 +194,9 @@ class MmuSpec:
 
     shape: str = "tdp"
     strategy: str = "heuristic"
+    # Intel PML (tdp only): KVM clears D bits instead of W bits and the CPU logs each
+    # page it dirties into a 512-entry buffer per vCPU (vmmodel/pml.py).
+    pml: bool = False
     # KVM's n_max_mmu_pages; 0 means KVM's default, 20 per 1000 guest pages
     # (KVM_PERMILLE_MMU_PAGES in arch/x86/kvm/mmu/mmu.c).
     max_mmu_pages: int = 0
@@ -208,6 +211,9 @@ class MmuSpec:
     def __post_init__(self) -> None:
         if self.shape not in MMU_SHAPES:
             raise SpecError(f"mmu.shape: {self.shape!r} is not one of {', '.join(MMU_SHAPES)}")
+        if self.pml and self.shape != "tdp":
+            raise SpecError("mmu.pml: PML logs guest-physical writes through EPT: it needs "
+                            "mmu.shape = \"tdp\"")
         if self.max_mmu_pages < 0:
             raise SpecError("mmu.max-mmu-pages: negative")
         if self.tlb_entries < 1:

@@ -3,9 +3,11 @@
 `advance(dt)` runs the vCPUs for dt of guest time: the workload yields the
 gfns written (numpy), each write goes through the vCPU's TLB and its spte,
 write-protected sptes fault (`mark_page_dirty`), faults cost the vCPU time
-and wait on mmu_lock when a harvest holds it. `harvest(slot, strategy)` runs
-one dirty-log harvest while the guest keeps running. Everything is
-deterministic for a given seed.
+and wait on mmu_lock when a harvest holds it. With PML (`mmu.pml`) nothing
+faults: a TLB miss on an spte whose D bit is clear sets it and logs the gfn
+in the vCPU's PML buffer, whose PML-full exits cost the vCPU time instead.
+`harvest(slot, strategy)` runs one dirty-log harvest while the guest keeps
+running. Everything is deterministic for a given seed.
 
 Between two events that change the MMU (a harvest step, a flush, a zap, a
 throttle, a phase change: every one of them is a call into the Vm, or a
@@ -34,6 +36,7 @@ from vmmodel.layout import shadow_layout, tdp_layout
 from vmmodel.lock import MmuLock
 from vmmodel.memory import KVM_MEM_LOG_DIRTY_PAGES, MemSlot, make_memory
 from vmmodel.mmu import Mmu, unique_ids
+from vmmodel.pml import PmlLog
 from vmmodel.spec import NS_PER_S, GuestSpec, MmuSpec, SpecError
 from vmmodel.tlb import Tlbs
 from vmmodel.workloads import MIN_SLICE_WRITE_CEILING, make_workload
@@ -221,6 +224,12 @@ class GuestStats:
     vcpu_stall_ns: float = field(default=0.0, metadata={"whole": True})
     zapped_pages: int = 0  # shadow pages zapped to stay under max_mmu_pages
     zap_flushes: int = 0
+    # PML (mmu.pml): writes the CPU logged (an spte's D bit going 0 -> 1, the writes that
+    # would have faulted without it), the PML-full exits they cost, and the vCPU time of
+    # those exits, the kicks' exits and KVM's flushes of the buffers (reported in whole ns)
+    pml_logged: int = 0
+    pml_full_exits: int = 0
+    pml_ns: float = field(default=0.0, metadata={"whole": True})
 
     @property
     def faults(self) -> int:
@@ -234,6 +243,9 @@ class Vm:
         self.guest, self.mmu_spec, self.costs, self.seed = guest, mmu, costs, seed
         if mmu.strategy not in STRATEGIES:
             raise SpecError(f"mmu.strategy: {mmu.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        strategy = STRATEGIES[mmu.strategy]
+        if strategy.needs_pml and not mmu.pml:
+            raise SpecError(f"mmu.strategy: {mmu.strategy!r} needs mmu.pml = true")
         self.rng = np.random.default_rng(seed)
         ram = MemSlot(0, "ram", 0, guest.memory_pages)
         self.slots = [ram]
@@ -255,6 +267,9 @@ class Vm:
         )
         self.mmu = Mmu(layout, gfn_slot, budget)
         self.tlbs = Tlbs(guest.vcpus, layout.n_sptes, mmu.tlb_entries)
+        # The vCPUs' PML buffers (None without PML): the harvest's Kvm.pml.
+        self.pml = (PmlLog(guest.vcpus, costs, self._mark_page_dirty,
+                           flush_on_exit=strategy.pml_flush_on_exit) if mmu.pml else None)
         self.lock = MmuLock()
         self.workload = make_workload(guest.workload, ram, vga, self.rng)
         self.now_ns = 0.0
@@ -362,22 +377,41 @@ class Vm:
             created, zapped = self.mmu.fault_in(absent, busy=missed)
             if zapped:  # kvm_mmu_commit_zap_page flushes remote TLBs
                 self.tlbs.flush_all()
+                if self.pml is not None:  # each vCPU exits for it: its buffer is flushed
+                    self.pml.exit_all()
                 self.stats.zapped_pages += zapped
                 self.stats.zap_flushes += 1
         self.mmu.make_writable(protected)
         faulted = np.concatenate([protected, absent])
         if not self.mmu.layout.ids_are_gfns:
             faulted = self.mmu.spte_gfn[faulted]
-        if len(self.slots) == 1:  # every gfn is in it: one pass fewer per fault
-            self.slots[0].mark_page_dirty(faulted)
-        else:
-            for slot in self.slots:
-                slot.mark_page_dirty(faulted[slot.contains(faulted)])
+        self._mark_page_dirty(faulted)
+        if self.pml is not None and self.pml.enabled:
+            self._log_writes(vcpu, missed, faulted_in=len(absent) > 0)
         self.tlbs.fill(vcpu, missed)
         self.stats.writes += len(gfns)
         self.stats.write_faults += len(protected)
         self.stats.page_faults += len(absent)
         return len(protected), len(absent)
+
+    def _log_writes(self, vcpu: int, missed: np.ndarray, faulted_in: bool) -> None:
+        """PML: the writes that missed the TLB set the D bits still clear, and the CPU logs
+        each such gfn in `vcpu`'s buffer (tdp: spte id == gfn). A page fault among them
+        was a VM exit, which flushed the buffer."""
+        clean = missed[~self.mmu.spte_dirty[missed]]  # writable: PML protects nothing
+        self.mmu.spte_dirty[clean] = True
+        self.stats.pml_full_exits += self.pml.log(vcpu, clean)
+        self.stats.pml_logged += len(clean)
+        if faulted_in:
+            self.pml.exit([vcpu])
+
+    def _mark_page_dirty(self, gfns: np.ndarray) -> None:
+        """mark_page_dirty for each of `gfns` (any slot): its bit, if the slot logs."""
+        if len(self.slots) == 1:  # every gfn is in it: one pass fewer per fault
+            self.slots[0].mark_page_dirty(gfns)
+        else:
+            for slot in self.slots:
+                slot.mark_page_dirty(gfns[slot.contains(gfns)])
 
     def advance(self, dt_ns: float) -> None:
         """Run the guest for `dt_ns` of guest time (nothing is written while paused).
@@ -522,6 +556,10 @@ class Vm:
         fault_ns = wp * self.costs.write_fault_ns + pf * self.costs.page_fault_ns
         self._debt_ns[vcpu] += fault_ns
         self.stats.fault_ns += fault_ns
+        if self.pml is not None:  # PML exits and flushes, here and since the last writes
+            owed = self.pml.take_owed()
+            self._debt_ns += owed
+            self.stats.pml_ns += float(owed.sum())
         return wp + pf
 
     def _processes(self, vcpu: int, t_ns: float, dt_ns: float, n: int) -> int | np.ndarray:
@@ -558,10 +596,15 @@ class Vm:
         """Set KVM_MEM_LOG_DIRTY_PAGES on every slot: clean bitmaps, every spte write-protected.
 
         KVM does this in kvm_arch_commit_memory_region with the slot walk and
-        a flush; the result prices it (the guest runs meanwhile).
+        a flush; the result prices it (the guest runs meanwhile). With PML the
+        vCPUs start logging and the walk clears D bits instead
+        (kvm_mmu_slot_leaf_clear_dirty; it write-protects only huge sptes, which
+        the model has none of).
         """
         results = []
         self._mmu_changed()
+        if self.pml is not None:
+            self.pml.enabled = True  # vmx_update_cpu_dirty_logging, before the D bits clear
         for slot in self.slots:
             slot.flags |= KVM_MEM_LOG_DIRTY_PAGES
             slot.dirty_bitmap[:] = False
@@ -574,7 +617,10 @@ class Vm:
         return HarvestResult.merge(results)
 
     def pause(self) -> None:
+        """QEMU stops the vCPUs: each leaves guest mode, and its exit flushes its PML buffer."""
         self.paused = True
+        if self.pml is not None:
+            self.pml.exit_all()
 
     def resume(self) -> None:
         self.paused = False

@@ -19,13 +19,14 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
 COSTS_DIR = CONFIGS_DIR / "costs"
 
 # Ceilings, per kind of constant. A per-call cost (the ioctl, a remote TLB flush and its
-# per-vCPU IPIs) is tens of microseconds on a loaded multi-socket host (kvm-unit-tests
-# x86/vmexit.c "ipi"); 1 ms is 500x the shipped 2 us. A per-item cost (one spte, rmap entry,
-# bitmap word, fault or lz4 page) is paid for every page: 10 us is twice the dearest shipped
-# one (lz4, 5 us) and keeps a walk of a 1 GiB slot under 3 s of modeled time.
+# per-vCPU IPIs, PML's kick of each vCPU) is tens of microseconds on a loaded multi-socket
+# host (kvm-unit-tests x86/vmexit.c "ipi"); 1 ms is 500x the shipped 2 us. A per-item cost
+# (one spte, rmap entry, bitmap word, fault, PML exit or lz4 page) is paid for every page,
+# or every 512 for a PML-full exit: 10 us is twice the dearest shipped one (lz4, 5 us) and
+# keeps a walk of a 1 GiB slot under 3 s of modeled time.
 MAX_PER_CALL_NS = 1_000_000.0
 MAX_PER_ITEM_NS = 10_000.0
-PER_CALL_COSTS = ("get_dirty_log_ns", "tlb_flush_ns", "tlb_flush_per_vcpu_ns")
+PER_CALL_COSTS = ("get_dirty_log_ns", "tlb_flush_ns", "tlb_flush_per_vcpu_ns", "pml_kick_ns")
 
 
 def cost_ceiling_ns(name: str) -> float:

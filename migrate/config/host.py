@@ -31,14 +31,14 @@ MEMINFO = Path("/proc/meminfo")
 # many as the most aliased gfn has sptes on shadow)...
 PER_GFN_STATE_BYTES = 10
 PER_RMAP_COLUMN_BYTES = 8
-# ...per spte: its gfn, present and writable bits, the one int32 unique scratch and the zap
-# scratch (15 B), plus one TLB byte per vCPU. tdp has an spte per gfn (rounded up to whole
+# ...per spte: its gfn, present, writable and dirty bits, the one int32 unique scratch and the
+# zap scratch (16 B), plus one TLB byte per vCPU. tdp has an spte per gfn (rounded up to whole
 # shadow pages); shadow paging has the direct map plus, per guest process, one 1 GiB-aligned
 # region of sptes (layout.py's REGION_ALIGN) and a gfn -> spte map (8 B per gfn).
-PER_SPTE_STATE_BYTES = 15
+PER_SPTE_STATE_BYTES = 16
 PER_PAGE_PER_ADDRESS_SPACE_BYTES = 8
-# On tdp that is 33 B per page plus a byte per vCPU: with 4 vCPUs and the generated backing
-# (9 B), 46 B, 11.6 MiB per GiB, counted from every array of a 4 GiB Vm after prefill, a
+# On tdp that is 34 B per page plus a byte per vCPU: with 4 vCPUs and the generated backing
+# (9 B), 47 B, 11.8 MiB per GiB, counted from every array of a 4 GiB Vm after prefill, a
 # second of guest time and a sync (tests/test_config.py checks the sum against tracemalloc).
 PER_PAGE_STATE_BYTES = PER_GFN_STATE_BYTES + PER_RMAP_COLUMN_BYTES + PER_SPTE_STATE_BYTES
 # The backings: the write counter (u64), plus the template id (u8) when generated; stored

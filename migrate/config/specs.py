@@ -130,8 +130,13 @@ MMU_SCHEMA: tuple[SpecKey, ...] = (
     _k("shape", "shape", Choice(MMU_SHAPES),
        "`tdp` (EPT/NPT) or `shadow` (legacy shadow paging)"),
     _k("strategy", "strategy", Choice(KNOWN_STRATEGIES),
-       "dirty-log harvest: `walk`, `rmap`, `heuristic`; the deliberately broken "
-       "`rmap-noflush` and `protect-before-take` exist to show lost writes"),
+       "dirty-log harvest: `walk`, `rmap`, `heuristic`, `masked`; the deliberately broken "
+       "`rmap-noflush`, `protect-before-take`, `masked-noflush` and `pml-full-only` (needs "
+       "`pml = true`) exist to show lost writes"),
+    _k("pml", "pml", Flag(),
+       "`tdp`: Intel PML: KVM clears D bits instead of W bits, and each vCPU logs the pages "
+       "it dirties into a 512-entry buffer, with a VM exit when it is full (no write faults); "
+       "with every strategy (see [The model](#the-model))"),
     _k(None, "costs", Special(),
        "cost table: a name in `configs/costs/` (`kvm-x86` is `configs/costs/kvm-x86.toml`), "
        "a path to a TOML file (relative to the config file that names it), or an inline "
@@ -346,22 +351,39 @@ def mmu_from_toml(data: object, memory_pages: int) -> tuple[MmuSpec, CostTable]:
     if fields["shape"] == "shadow" and mapped_pages > memory_pages:
         raise t.bad("mapped-memory", t.raw("mapped-memory"), "is more than guest.memory "
                     f"({units.format_bytes(memory_pages * PAGE_SIZE)})")
+    if STRATEGIES[fields["strategy"]].needs_pml and not fields["pml"]:
+        raise t.bad("strategy", fields["strategy"], "needs mmu.pml = true")
     mmu = _spec_call("mmu", lambda: MmuSpec(**fields, mapped_pages=mapped_pages))
     return mmu, costs_from_toml(t.raw("costs"))
 
 
 def mmu_to_toml(m: MmuSpec, costs: CostTable) -> dict[str, Any]:
-    """Return [mmu] in the TOML spelling, the cost table inline so it needs no file."""
+    """Return [mmu] in the TOML spelling, the cost table inline so it needs no file.
+
+    `pml` only when true, and the cost constants of `masked` and PML only when they are
+    not the model's own: keys added after many reports were stored, so that a run
+    that leaves them alone resolves as before (a sweep's stored points still match).
+    """
     data: dict[str, Any] = {}
     for s in MMU_SCHEMA:
         name = s.key.name
         if name == "costs":
-            data[name] = costs.to_dict()
+            data[name] = {k: v for k, v in costs.to_dict().items()
+                          if k not in _COSTS_WRITTEN_UNLESS_DEFAULT
+                          or v != getattr(_DEFAULT_COSTS, k)}
         elif name == "mapped-memory":
             data[name] = units.format_bytes(m.mapped_pages * PAGE_SIZE)
+        elif name == "pml":
+            if m.pml:
+                data[name] = True
         else:
             data[name] = _write_simple(m, s)
     return data
+
+
+_DEFAULT_COSTS = CostTable()
+_COSTS_WRITTEN_UNLESS_DEFAULT = ("word_xchg_ns", "tdp_walk_ns", "spte_clear_ns", "pml_exit_ns",
+                                 "pml_entry_ns", "pml_kick_ns")
 
 
 def spec_fields_without_key() -> dict[str, set[str]]:

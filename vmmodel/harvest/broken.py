@@ -33,3 +33,15 @@ def protect_before_take(work: KernelWork) -> np.ndarray:
     if flush:
         work.flush_remote_tlbs()
     return work.get_dirty_log()
+
+
+def masked_skip_flush(work: KernelWork) -> np.ndarray:
+    """`masked-noflush`: kvm_get_dirty_log_protect without the flush after the unlock.
+
+    As `rmap-noflush`: a translation cached writable (with PML: with its D bit)
+    keeps letting its vCPU write without a fault or a log after its spte was
+    re-protected, so those writes set no bit.
+    """
+    work.branch = "masked"
+    gfns, _ = work.get_dirty_log_protect()
+    return gfns
