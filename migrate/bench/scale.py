@@ -19,10 +19,11 @@ The scale points' migration parameters (`SCALE_SETTINGS`): at this write rate
 per GiB no guest from ~2 GiB up converges at QEMU's 128 MiB/s (its hot set
 alone, 3.75 % of memory, is more than the 38 MiB that 300 ms at 128 MiB/s
 can send), so a second pass would resend about what the first sent and only
-multiply the wall time; one pass, then a forced stop-and-copy. max-time only
-has to let that pass finish (the engine cancels a pass still sending at twice
-max-time): 256 GiB's first pass is ~1,540 s of virtual time, under the 3,600 s
-of twice 30 min. max-bandwidth and downtime-limit stay QEMU's.
+multiply the wall time; one pass (its end is the first sync after setup, where
+max-iterations = 1 stops), then a forced stop-and-copy. max-time only has to let
+that pass finish (the loop checks it at each of its passes): 256 GiB's first
+pass is ~1,540 s of virtual time, under 30 min. max-bandwidth and
+downtime-limit stay QEMU's.
 
 A point that this host cannot hold (both processes together) is skipped,
 with why; a point that fails is reported and the bench goes on. A full run
