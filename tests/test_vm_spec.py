@@ -28,6 +28,7 @@ from vmmodel import (
     Vm,
     WorkloadSpec,
 )
+from vmmodel.harvest import CORRECT_STRATEGIES
 from vmmodel.vm import MAX_SLICES_PER_ADVANCE, GuestInterrupted
 
 # ------------------------------------------------------------------ validation names the field
@@ -190,7 +191,7 @@ def _counters(r: HarvestResult) -> dict:
 
 
 @pytest.mark.parametrize("shape", ["tdp", "shadow"])
-@pytest.mark.parametrize("strategy", ["walk", "rmap", "heuristic"])
+@pytest.mark.parametrize("strategy", CORRECT_STRATEGIES)  # every correct one, from the registry
 def test_same_seed_same_guest(shape, strategy):
     a, ra = _run(3, shape, strategy)
     b, rb = _run(3, shape, strategy)
