@@ -28,7 +28,6 @@ from vmmodel import (
     Vm,
     WorkloadSpec,
 )
-from vmmodel.harvest import CORRECT_STRATEGIES
 from vmmodel.vm import MAX_SLICES_PER_ADVANCE, GuestInterrupted
 
 # ------------------------------------------------------------------ validation names the field
