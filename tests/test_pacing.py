@@ -361,3 +361,20 @@ def test_the_spec_refuses_bad_values(fields, message):
     with pytest.raises(SpecError, match=message):
         WorkloadSpec(kind="uniform", **fields)
     assert math.isfinite(WorkloadSpec.MAX_LAG_NS) and "paced" in WorkloadSpec.PACINGS
+
+
+@pytest.mark.parametrize("advance", ["slices", "events"])
+@pytest.mark.parametrize("pacing,owed_ms", [("cpu", 0), ("paced", 100)])
+def test_held_vcpus_write_nothing_then_a_paced_guest_catches_up_max_lag(
+        make_vm, advance, pacing, owed_ms):
+    """QEMU's BQL held by a sync under TCG (`Vm.hold_vcpus`): 400 ms without a write; a
+    paced guest then writes what it owes for the last max-lag (100 ms) of it, at once."""
+    vm = make_vm("tdp", "uniform", pages=8192, rate=1e5, logging=False, costs=FREE,
+                 advance=advance, pacing=pacing)
+    vm.advance(3.3 * MS)
+    before, start = vm.stats.writes, vm.now_ns
+    vm.hold_vcpus(400 * MS)
+    assert vm.now_ns == pytest.approx(start + 400 * MS)
+    assert vm.stats.writes - before == pytest.approx(1e5 * owed_ms / 1e3, abs=2)
+    vm.advance(100 * MS)  # then it runs on at its rate
+    assert vm.stats.writes - before == pytest.approx(1e5 * (owed_ms + 100) / 1e3, abs=3)

@@ -531,23 +531,45 @@ class Vm:
             # an index once however often it repeats, so no unique pass over the writes.
             self.memory.stamp(gfns)
         for wake_ns, sleep_ns, count in wakes:
-            for piece in self.workload.owed(self.rng, wake_ns, sleep_ns, count):
-                # Every vCPU slept as long, so each owes as much: equal shares.
-                bounds = np.rint(np.arange(1, self.guest.vcpus + 1) / self.guest.vcpus
-                                 * len(piece)).astype(np.int64)
-                start = 0
-                for vcpu, stop in enumerate(bounds):
-                    part = piece[start:stop]
-                    process = self._processes(vcpu, wake_ns, 0.0, len(part)) if by_time else None
-                    faults[vcpu] += self._vcpu_writes(vcpu, part, process)
-                    start = stop
-                self.memory.stamp(piece)
+            faults += self._write_owed(wake_ns, sleep_ns, count, by_time)
         if self.lock.windows:
             stall = self.lock.stall_ns(t_ns, t_ns + dt_ns, faults)
             self._debt_ns += stall
             self.stats.vcpu_stall_ns += float(stall.sum())
         self._slice_no += 1
         return float((self._debt_ns - debt_before).max()) / running if running > 0 else math.inf
+
+    def _write_owed(self, wake_ns: float, sleep_ns: float, count: int,
+                    by_time: bool) -> np.ndarray:
+        """A paced workload's catch-up on waking from `count` sleeps of `sleep_ns`; return
+        each vCPU's faults."""
+        faults = np.zeros(self.guest.vcpus, dtype=np.int64)
+        for piece in self.workload.owed(self.rng, wake_ns, sleep_ns, count):
+            # Every vCPU slept as long, so each owes as much: equal shares.
+            bounds = np.rint(np.arange(1, self.guest.vcpus + 1) / self.guest.vcpus
+                             * len(piece)).astype(np.int64)
+            start = 0
+            for vcpu, stop in enumerate(bounds):
+                part = piece[start:stop]
+                process = self._processes(vcpu, wake_ns, 0.0, len(part)) if by_time else None
+                faults[vcpu] += self._vcpu_writes(vcpu, part, process)
+                start = stop
+            self.memory.stamp(piece)
+        return faults
+
+    def hold_vcpus(self, ns: float) -> None:
+        """The vCPUs wait `ns` from now without running guest code, then go on (QEMU's
+        BQL held by a userspace sync, which a TCG vCPU waits for); a paced workload then
+        writes what it owes for the wait, as after a throttle sleep."""
+        if ns <= 0 or self.paused:
+            return
+        self.paused = True
+        try:
+            self.advance(ns)
+        finally:
+            self.paused = False
+        self._write_owed(self.now_ns, ns, 1, by_time=self.guest.advance == "events")
+        self._mmu_changed()
 
     def _vcpu_writes(self, vcpu: int, gfns: np.ndarray, process: int | np.ndarray | None) -> int:
         """vCPU `vcpu` writes `gfns` (page bytes apart); its faults' time becomes its debt.

@@ -111,8 +111,12 @@ class QemuCosts:
     # The completion's fixed part: vm_stop, the final sync with the guest stopped, the
     # device state, the end.
     stop_ns: float = 0.0
+    # Whether the vCPUs wait while QEMU's setup and each sync run (the BQL, under TCG): 0 or 1.
+    sync_holds_vcpus: float = 0.0
 
     def ceiling_ns(self, name: str) -> float:
+        if name == "sync_holds_vcpus":
+            return 1.0
         return MAX_QEMU_PER_CALL_NS if name in ("setup_ns", "sync_ns", "sync_gib_ns", "stop_ns") \
             else MAX_QEMU_PER_PAGE_NS
 

@@ -216,6 +216,7 @@ class Source:
         self.vm.advance_to(self.clock.now_ns)
         harvest = self.vm.sync_dirty_log()
         self.bitmap.sync(harvest.gfns)
+        self._hold_vcpus(self.scenario.qemu_costs.setup_ns)
         await self.clock.elapse(harvest.kernel_ns + self.scenario.qemu_costs.setup_ns)
         self.ram.dirty_sync_count = 1
         self._time_last_bitmap_sync = self.clock.now_ns
@@ -295,9 +296,7 @@ class Source:
             if len(gfns) == 0:
                 return  # done: nothing dirty (QEMU's `done = 1`)
             n, waited = self._pages_allowed(gfns, sent, self.clock.now_ns - started)
-            gfns = gfns[:n]
-            self.bitmap.clear(gfns)
-            await self._send(gfns)
+            await self._send(gfns[:n])
             sent += n
             if waited:
                 return
@@ -323,9 +322,12 @@ class Source:
         return n, False
 
     async def _send(self, gfns: np.ndarray, *, guest_stopped: bool = False) -> None:
+        """Send `gfns` (from the bitmap's `peek`): the meter samples, the bits clear, the
+        batch goes."""
         interval = self._interval
         if self.meter is not None:
             self.meter.batch(self.clock.now_ns, len(gfns))
+        self.bitmap.clear(gfns)
         frame = await interval.sender.send(gfns, guest_stopped=guest_stopped)
         self.counters.account(frame.nbytes)
         self._pages_sent += frame.n_pages
@@ -364,7 +366,9 @@ class Source:
         if not self.vm.paused:  # the userspace part: the reference host's TCG per-page path
             qemu_ns = (q.sync_ns + q.sync_gib_ns * self.ram.total / (1 << 30)
                        + q.sync_page_ns * len(harvest.gfns))
-        await self.clock.elapse(harvest.kernel_ns + qemu_ns)
+        await self.clock.elapse(harvest.kernel_ns)
+        self._hold_vcpus(qemu_ns)
+        await self.clock.elapse(qemu_ns)
         self._num_dirty_pages_period += new
         self._remaining_at_sync = self.bitmap.remaining_bytes(PAGE_SIZE)
         end = self.clock.now_ns
@@ -377,6 +381,13 @@ class Source:
             self._bytes_xfer_prev = self.ram.transferred
         await self._end_interval(harvest)
         return harvest
+
+    def _hold_vcpus(self, qemu_ns: float) -> None:
+        """QEMU's userspace part of a setup or sync: on a host whose vCPUs wait for it
+        (the table's sync_holds_vcpus: TCG and the BQL) they run none of it."""
+        if self.scenario.qemu_costs.sync_holds_vcpus and qemu_ns > 0:
+            self.vm.advance_to(self.clock.now_ns)
+            self.vm.hold_vcpus(qemu_ns)
 
     def _trigger_throttle(self) -> None:
         """migration_trigger_throttle(): auto-converge's check on the period."""
@@ -457,7 +468,6 @@ class Source:
         final.start_ns, final.before = paused_at, before
         batch_pages = self.scenario.migration.batch_pages
         while len(gfns := self.bitmap.peek(batch_pages)):
-            self.bitmap.clear(gfns)
             self._sample(self.clock.now_ns)
             await self._send(gfns, guest_stopped=True)
         traffic = await final.sender.finish()

@@ -303,13 +303,15 @@ class GuestSource:
     rate_during_mean: float  # during it: throttled and stalled time included
     rate_during_min: float | None
     dropped_during: float | None  # writes it gave up on (backlog beyond max-lag)
+    maxgap_us_during: float | None = None  # its longest stretch without a tick, in us
 
     @classmethod
     def read(cls, f: _Fields) -> GuestSource:
         return cls(rate_before_mean=f.number("rate_before_mean"),
                    rate_during_mean=f.number("rate_during_mean"),
                    rate_during_min=f.number("rate_during_min", optional=True),
-                   dropped_during=f.number("dropped_during", optional=True))
+                   dropped_during=f.number("dropped_during", optional=True),
+                   maxgap_us_during=f.number("maxgap_us_during", optional=True))
 
 
 # ------------------------------------------------------------------------ a run

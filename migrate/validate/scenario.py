@@ -82,24 +82,17 @@ def paced_share(record: RunRecord) -> float:
 def unthrottled_rate(record: RunRecord) -> tuple[float, float]:
     """The dirtier's writes per second to give precopy's guest, and the paced share.
 
-    `rate_during_mean` is what the guest really wrote during the migration: on this
-    host it falls short of its target because its vCPU waits on the BQL while setup and
-    each sync hold it (it catches up 100 ms of backlog at most, and drops the rest).
-    precopy's guest runs through those stalls, so it gets the mean, which writes what
-    QEMU's guest wrote in all. With auto-converge the mean also includes the throttled
-    time, and precopy throttles its guest itself (the same QEMU schedule, the same
-    pacing): given the mean it would be throttled twice. So the mean is divided by the
-    share the trace's own throttle let a paced guest write (`paced_share`: 1 until the
-    throttle passes 90 %, 0.11 at 99 %), and held to `rate_before_mean`, its rate before
-    the migration, which it cannot exceed (the heartbeats are a mean of per-second
-    figures, not a time average, so the division can overshoot it).
+    The rate the program ran at before the migration (`rate_before_mean`): its own, not
+    an outcome of the migration. During the migration it wrote less
+    (`rate_during_mean`) for reasons the model has of its own: its vCPU waits for the
+    BQL while setup and each sync hold it, under TCG (the cost table's
+    `sync_holds_vcpus`, measured from the guest's longest gap), and catches up at most
+    `max-lag` of backlog after (it dropped the rest: `dropped_during`); with
+    auto-converge it is throttled too, on QEMU's schedule. Giving the model the mean
+    during the migration would count those twice. `paced_share` (the share of its rate
+    a paced guest writes under the trace's own throttle) is returned for the report.
     """
-    share = paced_share(record)
-    g = record.guest_src
-    rate = g.rate_during_mean / share if share > 0 else g.rate_during_mean
-    if g.rate_before_mean > 0:
-        rate = min(rate, g.rate_before_mean)
-    return rate, share
+    return record.guest_src.rate_before_mean, paced_share(record)
 
 
 def scenario_config(record: RunRecord, other_pages: int) -> tuple[dict[str, Any], float, float]:
