@@ -29,6 +29,7 @@ from migrate.config import ConfigError, Scenario, load_scenario
 from migrate.config.host import available_memory_bytes, check_host_memory, run_destination_store
 from migrate.dest.server import IDLE_TIMEOUT_S, make_app
 from migrate.dest.store import STORES
+from migrate.interrupt import cancel_on_signals
 from migrate.launch import DestinationProcess, run_destination_args
 from migrate.live import LiveLine, is_terminal
 from migrate.malloc import raise_malloc_thresholds
@@ -185,33 +186,18 @@ def _check_source_options(args: argparse.Namespace) -> None:
 async def _run_source(scenario: Scenario, url: str, args: argparse.Namespace) -> Report:
     """Migrate, cancelling cleanly on SIGINT/SIGTERM (the report is still written).
 
-    A plain signal handler, not the loop's: it runs between two bytecodes even while
-    the model runs a long synchronous stretch, and the model asks it between steps.
-    On a terminal a live line shows the pass in flight; the pass's line replaces it.
+    The signals' handler (`migrate.interrupt`) runs even while the model runs a long
+    synchronous stretch, and the model asks it between steps. On a terminal a live
+    line shows the pass in flight; the pass's line replaces it.
     """
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    stopped = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopped
-        stopped = True
-        loop.call_soon_threadsafe(task.cancel)
-
     live = _live_line(args)
     progress = None if args.quiet else functools.partial(_print_progress, live=live)
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with live or contextlib.nullcontext():  # cleared on the way out, whatever the way
-            return await migrate(scenario, url, token=_token(args), timeout_s=args.timeout,
-                                 progress=progress,
-                                 pass_progress=None if live is None else live.show,
-                                 should_stop=lambda: stopped)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if task.cancelling():
-            task.uncancel()
+    with cancel_on_signals() as stopped, live or contextlib.nullcontext():
+        # the live line is cleared on the way out, whatever the way
+        return await migrate(scenario, url, token=_token(args), timeout_s=args.timeout,
+                             progress=progress,
+                             pass_progress=None if live is None else live.show,
+                             should_stop=stopped)
 
 
 # ---------------------------------------------------------------- subcommands

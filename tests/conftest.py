@@ -7,7 +7,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from migrate.dest.server import make_app
 from vmmodel import CostTable, GuestSpec, MmuSpec, Vm, WorkloadSpec
 
 # Hypothesis caches the constants it finds in our sources under ./.hypothesis, whatever the
@@ -57,3 +59,15 @@ def make_vm():
         return vm
 
     return build
+
+
+@pytest.fixture
+async def dest_url():
+    """A destination in this process, on 127.0.0.1 (an image store of up to 256 MiB)."""
+    app = make_app(max_memory_pages=1 << 16)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()

@@ -150,9 +150,10 @@ def test_from_package_import_module_names_the_module(tmp_path):
 
 
 # The validate room's arrows (docs/ARCHITECTURE.md): it runs precopy like a recorded run, so it
-# reaches the config, the launcher and the engine, and reads reports; only the CLI reaches it.
-VALIDATE_ARROWS = ("migrate.config", "migrate.launch", "migrate.report", "migrate.source",
-                   "migrate.units", "vmmodel")
+# reaches the config, the launcher and the engine, and reads reports; Ctrl-C cancels it as it
+# cancels `precopy run` (migrate.interrupt); only the CLI reaches it.
+VALIDATE_ARROWS = ("migrate.config", "migrate.interrupt", "migrate.launch", "migrate.report",
+                   "migrate.source", "migrate.units", "vmmodel")
 
 
 def test_validate_reaches_only_its_arrows():

@@ -18,11 +18,9 @@ import time
 from argparse import Namespace
 
 import pytest
-from aiohttp import web
 
 from migrate import cli
 from migrate.config import load_scenario
-from migrate.dest.server import make_app
 from migrate.live import CLEAR, LiveLine, format_count, format_pass_progress, format_seconds
 from migrate.report import Report
 from migrate.source.client import DestinationClient
@@ -171,15 +169,6 @@ def test_the_meter_asks_for_the_dirty_count_only_when_it_samples():
 # ------------------------------------------------------------------ the engine's samples
 
 
-@pytest.fixture
-async def dest_url():
-    app = make_app(max_memory_pages=1 << 16)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
 
 
 async def _migrate(url: str, **kwargs) -> Report:

@@ -7,10 +7,8 @@ import logging
 
 import numpy as np
 import pytest
-from aiohttp import web
 
 from migrate.config import ConfigError, load_scenario
-from migrate.dest.server import make_app
 from migrate.report import Report
 from migrate.source.client import DestinationClient
 from migrate.source.engine import Source
@@ -22,15 +20,6 @@ HOPELESS = ["guest.workload.kind=uniform", "guest.workload.rate=40000",
             "guest.workload.working-set=16MiB", "migration.max-bandwidth=16MiB/s"]
 
 
-@pytest.fixture
-async def dest_url():
-    app = make_app(max_memory_pages=1 << 16)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
 
 
 async def _migrate(url: str, *sets: str) -> Report:

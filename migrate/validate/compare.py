@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import signal
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from migrate.config.host import available_memory_bytes, check_host_memory, run_destination_store
+from migrate.interrupt import cancel_on_signals
 from migrate.launch import DestinationProcess, run_destination_args
 from migrate.report import Report
 from migrate.source.engine import migrate
@@ -165,27 +165,11 @@ def _destination(configured: Configured, log: IO[str]) -> DestinationProcess:
 async def _migrate(configured: Configured, url: str) -> Report:
     """One migration, cancelled cleanly on SIGINT/SIGTERM (then `Interrupted`).
 
-    A plain signal handler, as `precopy run`'s: it runs between two bytecodes even while
-    the model runs a long synchronous stretch, and the model asks it between steps.
+    As `precopy run`'s (`migrate.interrupt`): the model asks between its steps.
     """
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    stopped = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopped
-        stopped = True
-        loop.call_soon_threadsafe(task.cancel)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        report = await migrate(configured.scenario, url, should_stop=lambda: stopped)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if task.cancelling():
-            task.uncancel()
-    if stopped:
+    with cancel_on_signals() as stopped:
+        report = await migrate(configured.scenario, url, should_stop=stopped)
+    if stopped():
         raise Interrupted("interrupted")
     return report
 
