@@ -27,9 +27,6 @@ async def test_virtual_transfer_takes_bytes_over_bandwidth_and_drain_adds_nothin
     assert clock.now_ns == pytest.approx(0.2 * NS)
     await link.drain()
     assert clock.now_ns == pytest.approx(0.2 * NS)
-    link.set_bandwidth(100e6)  # the stop-and-copy's unlimited link
-    await link.transfer(2_000_000)
-    assert clock.now_ns == pytest.approx(0.22 * NS)
 
 
 async def test_virtual_link_time_is_the_plain_sum_bit_for_bit():
@@ -61,8 +58,6 @@ def test_bandwidth_must_be_positive_for_every_clock(bandwidth):
     for clock in (VirtualClock(), WallClock()):
         with pytest.raises(ValueError, match="bandwidth must be positive"):
             Link(clock, bandwidth)
-        with pytest.raises(ValueError, match="bandwidth must be positive"):
-            Link(clock, 1e6).set_bandwidth(bandwidth)
 
 
 def test_make_clock_names_the_kinds():

@@ -59,7 +59,8 @@ class MigrationCancelled(Exception):
 MAX_WAIT_NS = 50_000_000  # ram_save_iterate: #define MAX_WAIT 50 (ms)
 MAX_WAIT_EVERY_PAGES = 64  # ...checked every 64 pages (`(i & 63) == 0`)
 POLL_NS = 100_000_000  # the samples: query-migrate every 100 ms, as the reference harness polls
-PAGE_WIRE_OVERHEAD = 9  # a PAGES batch's per-page gfn (8 bytes) and kind (1 byte), wire.py
+# A PAGES body's bytes per page besides its payload (its gfn and its kind), from the layout.
+PAGE_WIRE_OVERHEAD = wire.pages_layout(1).padding - wire.pages_layout(0).padding
 
 
 @dataclass
@@ -213,12 +214,9 @@ class Source:
         await self.clock.elapse(enable.kernel_ns)
         # ram_init_bitmaps: every page dirty in the migration bitmap, then the setup sync
         # (counted: dirty-sync-count 1). QEMU's userspace part is the table's setup_ns.
-        self.vm.advance_to(self.clock.now_ns)
-        harvest = self.vm.sync_dirty_log()
-        self.bitmap.sync(harvest.gfns)
+        harvest, _ = self._harvest_into_bitmap()
         self._hold_vcpus(self.scenario.qemu_costs.setup_ns)
         await self.clock.elapse(harvest.kernel_ns + self.scenario.qemu_costs.setup_ns)
-        self.ram.dirty_sync_count = 1
         self._time_last_bitmap_sync = self.clock.now_ns
         self._remaining_at_sync = self.bitmap.remaining_bytes(PAGE_SIZE)
         self.report.setup = SetupRecord(**self._guest_cost(before),
@@ -357,10 +355,7 @@ class Source:
     async def sync(self) -> HarvestResult:
         """migration_bitmap_sync(): harvest every logging slot, OR it into the bitmap;
         the period's figures and auto-converge once a second; a new interval begins."""
-        self.vm.advance_to(self.clock.now_ns)
-        harvest = self.vm.sync_dirty_log()
-        self.ram.dirty_sync_count += 1
-        new = self.bitmap.sync(harvest.gfns)
+        harvest, new = self._harvest_into_bitmap()
         q = self.scenario.qemu_costs
         qemu_ns = 0.0
         if not self.vm.paused:  # the userspace part: the reference host's TCG per-page path
@@ -381,6 +376,15 @@ class Source:
             self._bytes_xfer_prev = self.ram.transferred
         await self._end_interval(harvest)
         return harvest
+
+    def _harvest_into_bitmap(self) -> tuple[HarvestResult, int]:
+        """The part every sync shares (setup's, the loop's, the completion's): KVM's log
+        harvested with the guest run up to now, ORed into the bitmap, counted in
+        dirty-sync-count. Return the harvest and how many pages were newly dirty."""
+        self.vm.advance_to(self.clock.now_ns)
+        harvest = self.vm.sync_dirty_log()
+        self.ram.dirty_sync_count += 1
+        return harvest, self.bitmap.sync(harvest.gfns)
 
     def _hold_vcpus(self, qemu_ns: float) -> None:
         """QEMU's userspace part of a setup or sync: on a host whose vCPUs wait for it
@@ -453,9 +457,7 @@ class Source:
         before = GuestStats(**asdict(self.vm.stats))
         # ram_save_complete: the last sync (counted), then every dirty page.
         interval = self._interval
-        harvest = self.vm.sync_dirty_log()
-        self.ram.dirty_sync_count += 1
-        self.bitmap.sync(harvest.gfns)
+        harvest, _ = self._harvest_into_bitmap()
         await self.clock.elapse(harvest.kernel_ns + self.scenario.qemu_costs.stop_ns)
         precopy = await interval.sender.finish()
         # The completion's sync ends this interval too, but it is the stop-and-copy's (the

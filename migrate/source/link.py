@@ -1,9 +1,9 @@
 """The migration link, a resource on a clock (as a SimPy resource is on its Environment).
 
-QEMU's rate limit (`migration_rate_limit`: a budget of max-bandwidth / 10 per
-100 ms window, the excess carried over) as one timeline of bookings: each
+The wire's bandwidth as one timeline of bookings (QEMU's rate limit, the budget of
+max-bandwidth / 10 per 100 ms window, is the engine's: `counters.py`): each
 `transfer` books its bytes after those already booked, before it can suspend,
-so parallel channels share the budget instead of each spending it, and waits
+so parallel channels share the wire instead of each having it whole, and waits
 once the bookings run more than the clock's `link_window_ns` ahead of now.
 
 With the virtual clock the window is 0: every transfer lets exactly its
@@ -55,10 +55,3 @@ class Link:
         behind_ns = self._booked_until - self.clock.now_ns
         if behind_ns > 0:
             await self.clock.elapse(behind_ns)
-
-    def set_bandwidth(self, bandwidth_bps: float) -> None:
-        """Change the rate the link is held to (QEMU lifts its limit at stop-and-copy).
-
-        Raise `ValueError` if *bandwidth_bps* is not positive.
-        """
-        self.bandwidth_bps = _checked_bandwidth(bandwidth_bps)
