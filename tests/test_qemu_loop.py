@@ -128,3 +128,11 @@ async def test_a_host_whose_syncs_hold_the_vcpus_stops_the_guest_meanwhile(dest_
         if holds:
             running_s -= 0.4 + 0.2 * syncs
         assert report.guest.writes == pytest.approx(8000 * running_s, rel=0.03), holds
+
+
+@pytest.mark.parametrize("value", ["0.5", "2", "-1", "true"])
+def test_a_flag_in_a_qemu_cost_table_is_0_or_1(tmp_path, value):
+    bad = tmp_path / "flag.toml"
+    bad.write_text(f"sync_holds_vcpus = {value}\n")
+    with pytest.raises(ConfigError, match="sync_holds_vcpus .* is not 0 or 1"):
+        load_scenario(SMALL, [f"migration.costs={bad}"])

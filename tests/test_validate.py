@@ -266,3 +266,15 @@ def test_a_doctored_measurement_outside_the_tolerance_exits_1(tmp_path, lines, c
     # The same run judged within a tolerance wide enough for the doctored time agrees.
     assert cli.main(["validate", str(path), "--json", "--tolerance", "50%"]) == 0
     assert json.loads(capsys.readouterr().out)["ok"]
+
+
+def test_a_plot_folder_that_cannot_be_made_is_refused_before_any_run(tmp_path, lines, capsys):
+    path = _write(tmp_path, *(lines[name] for name in SHORT))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    # /proc refuses a new folder even to root: the parent is there, the mkdir fails
+    for folder in (blocker, blocker / "plots", tmp_path / "missing" / "plots",
+                   Path("/proc/precopy-plots")):
+        assert cli.main(["validate", str(path), "--plot", str(folder)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and "--plot" in err and "Traceback" not in err  # no run began

@@ -114,14 +114,15 @@ class QemuCosts:
     # Whether the vCPUs wait while QEMU's setup and each sync run (the BQL, under TCG): 0 or 1.
     sync_holds_vcpus: float = 0.0
 
-    def ceiling_ns(self, name: str) -> float:
-        if name == "sync_holds_vcpus":
-            return 1.0
-        return MAX_QEMU_PER_CALL_NS if name in ("setup_ns", "sync_ns", "sync_gib_ns", "stop_ns") \
-            else MAX_QEMU_PER_PAGE_NS
-
 
 QEMU_COST_NAMES = tuple(f.name for f in dataclasses.fields(QemuCosts) if f.name != "name")
+QEMU_FLAGS = ("sync_holds_vcpus",)  # 0 or 1, not a time
+QEMU_PER_CALL_COSTS = ("setup_ns", "sync_ns", "sync_gib_ns", "stop_ns")
+
+
+def qemu_cost_ceiling_ns(name: str) -> float:
+    """Return the most the QEMU cost *name* may be, in ns."""
+    return MAX_QEMU_PER_CALL_NS if name in QEMU_PER_CALL_COSTS else MAX_QEMU_PER_PAGE_NS
 
 
 def qemu_costs_from_toml(value: str) -> QemuCosts:
@@ -151,9 +152,14 @@ def qemu_costs_from_toml(value: str) -> QemuCosts:
             continue
         if name not in QEMU_COST_NAMES:
             raise error(f"{where}: {name} is not a QEMU cost (known: {', '.join(QEMU_COST_NAMES)})")
-        ceiling = QemuCosts().ceiling_ns(name)
-        if isinstance(number, bool) or not isinstance(number, int | float) \
-                or not 0 <= number <= ceiling:
-            raise error(f"{where}: {name} = {number!r} is not a number of ns in 0..{ceiling:,.0f}")
+        if name in QEMU_FLAGS:
+            if isinstance(number, bool) or number not in (0, 1):
+                raise error(f"{where}: {name} = {number!r} is not 0 or 1")
+        else:
+            ceiling = qemu_cost_ceiling_ns(name)
+            if isinstance(number, bool) or not isinstance(number, int | float) \
+                    or not 0 <= number <= ceiling:
+                raise error(f"{where}: {name} = {number!r} is not a number of ns in "
+                            f"0..{ceiling:,.0f}")
         values[name] = float(number)
     return QemuCosts(**values)

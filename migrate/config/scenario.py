@@ -148,14 +148,11 @@ def load_scenario(path: str | Path | None, overrides: Sequence[str] = ()) -> Sce
     if path is not None:
         path = Path(path)
         data = read_toml(path)
-        mmu = data.get("mmu")
-        costs = mmu.get("costs") if isinstance(mmu, dict) else None
-        if isinstance(costs, str) and ("/" in costs or costs.endswith(".toml")):
-            mmu["costs"] = str(path.parent / costs)  # an absolute path stays as it is
-        migration = data.get("migration")
-        costs = migration.get("costs") if isinstance(migration, dict) else None
-        if isinstance(costs, str) and ("/" in costs or costs.endswith(".toml")):
-            migration["costs"] = str(path.parent / costs)
+        for table in ("mmu", "migration"):  # mmu.costs (KVM's), migration.costs (QEMU's)
+            section = data.get(table)
+            costs = section.get("costs") if isinstance(section, dict) else None
+            if isinstance(costs, str) and ("/" in costs or costs.endswith(".toml")):
+                section["costs"] = str(path.parent / costs)  # an absolute path stays as it is
     scenario = scenario_from_dict(data, overrides)
     reason = check_host_memory(scenario.guest, scenario.mmu, available_memory_bytes())
     if reason:

@@ -44,6 +44,10 @@ def _check_plot_dir(folder: Path | None) -> None:
         raise RecordError(f"--plot {folder}: is a file, not a folder")
     if not folder.exists() and not folder.parent.is_dir():
         raise RecordError(f"--plot {folder}: no such folder {str(folder.parent)!r}")
+    try:  # made now, not after every run has taken its time
+        folder.mkdir(exist_ok=True)
+    except OSError as err:
+        raise RecordError(f"--plot {folder}: cannot make it ({err.strerror})") from None
 
 
 def run_validate(paths: Sequence[Path], *, tolerance: float = DEFAULT_TOLERANCE,

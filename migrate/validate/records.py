@@ -457,7 +457,7 @@ def iter_records(path: Path) -> Iterator[RunRecord]:
         try:
             data = json.loads(line)
         except json.JSONDecodeError as err:
-            raise RecordError(f"{where}: not JSON ({err.msg} at column {err.colno})") from None
+            raise RecordError(f"{where}: not JSON ({err.msg}, column {err.colno})") from None
         found = True
         yield RunRecord.read(data, where)
     if not found:
