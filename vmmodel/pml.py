@@ -60,9 +60,11 @@ class PmlLog:
     def log(self, vcpu: int, gfns: np.ndarray) -> int:
         """vCPU `vcpu` set the D bits of `gfns` (unique, in write order): the CPU logs each.
 
-        Every time the buffer fills (512 entries) the vCPU takes a PML-full exit and
-        KVM flushes the buffer; what is left of `gfns` stays pending. Return the
-        PML-full exits it took.
+        A full buffer (512 entries) exits on the next log attempt, not on the 512th entry
+        (Intel SDM, PML: the exit comes when the index has run past 0; the write that
+        found it full is logged after re-entry); KVM flushes the buffer at the exit. What
+        is left of `gfns` stays pending, a full buffer included. Return the PML-full
+        exits it took.
         """
         n = len(gfns)
         if n == 0:
@@ -70,7 +72,7 @@ class PmlLog:
         self.logged += n
         fill = int(self.fill[vcpu])
         total = fill + n
-        exits = total // PML_ENTITY_NUM
+        exits = (total - 1) // PML_ENTITY_NUM  # the 513th log attempt exits
         if exits == 0:
             self.buffers[vcpu, fill:total] = gfns
             self.fill[vcpu] = total
