@@ -378,3 +378,21 @@ def test_held_vcpus_write_nothing_then_a_paced_guest_catches_up_max_lag(
     assert vm.stats.writes - before == pytest.approx(1e5 * owed_ms / 1e3, abs=2)
     vm.advance(100 * MS)  # then it runs on at its rate
     assert vm.stats.writes - before == pytest.approx(1e5 * (owed_ms + 100) / 1e3, abs=3)
+
+
+@pytest.mark.parametrize("advance", ["slices", "events"])
+@pytest.mark.parametrize("hold_at_ms,hold_ms", [(2.0, 5.0), (6.0, 4.0)])
+def test_a_hold_that_meets_a_throttle_sleep_is_one_outage(make_vm, advance, hold_at_ms,
+                                                          hold_ms):
+    """At 50 % a vCPU sleeps 10 ms and runs 10 ms from each tick. A hold inside a sleep
+    adds nothing to the sleep's catch-up; a hold across the wake extends the sleep into
+    one outage, caught up once, when the vCPU runs again. Either way a paced guest
+    writes its full rate (every outage is within max-lag)."""
+    vm = make_vm("tdp", "uniform", pages=8192, rate=1e5, logging=False, costs=FREE,
+                 advance=advance, pacing="paced")
+    vm.set_throttle(0.5)  # tick now: asleep for 10 ms, then 10 ms of run
+    before, start = vm.stats.writes, vm.now_ns
+    vm.advance(hold_at_ms * MS)
+    vm.hold_vcpus(hold_ms * MS)
+    vm.advance(start + 200 * MS - vm.now_ns)
+    assert vm.stats.writes - before == pytest.approx(1e5 * 0.2, abs=5)

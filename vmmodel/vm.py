@@ -560,15 +560,27 @@ class Vm:
     def hold_vcpus(self, ns: float) -> None:
         """The vCPUs wait `ns` from now without running guest code, then go on (QEMU's
         BQL held by a userspace sync, which a TCG vCPU waits for); a paced workload then
-        writes what it owes for the wait, as after a throttle sleep."""
+        writes what it owes for the wait, as after a throttle sleep, once for the whole
+        outage where the hold and a throttle sleep meet."""
         if ns <= 0 or self.paused:
             return
+        start, schedule = self.now_ns, self._schedule
+        # Off since the throttle sleep it is in, if any: one outage with the hold.
+        off_from = start
+        if (wake := schedule.asleep_until(start)) is not None:
+            head = schedule.head
+            off_from = wake - (head[1] - head[0] if head is not None and head[1] == wake
+                               else schedule.sleep_ns)
         self.paused = True
         try:
-            self.advance(ns)
+            self.advance(ns)  # the wakes inside the hold are not wakes: the vCPUs stay off
         finally:
             self.paused = False
-        self._write_owed(self.now_ns, ns, 1, by_time=self.guest.advance == "events")
+        # Running again now: the catch-up for the whole outage. Still asleep: the wake
+        # that ends the sleep catches up for the sleep (the hold before it is not counted).
+        if schedule.asleep_until(self.now_ns) is None:
+            self._write_owed(self.now_ns, self.now_ns - off_from, 1,
+                             by_time=self.guest.advance == "events")
         self._mmu_changed()
 
     def _vcpu_writes(self, vcpu: int, gfns: np.ndarray, process: int | np.ndarray | None) -> int:
